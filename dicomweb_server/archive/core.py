@@ -1,0 +1,137 @@
+"""The :class:`Archive`: storage and index behind the few calls the fronts make."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..config import Settings
+from . import index, query, retrieve
+from .errors import NotFound, OutOfResources
+from .ingest import Ingest, Origin, StoreResult, remove_instances
+from .retrieve import StoredInstance
+from .storage import CHUNK, FolderStorage
+
+log = logging.getLogger(__name__)
+
+
+class Archive:
+    """Stores, finds and serves instances; one per process, safe to share by threads.
+
+    Several processes (gunicorn workers, DIMSE listeners, ``import``) may each open an
+    Archive on the same index and folder at once.
+    """
+
+    def __init__(self, settings: Settings, *, upgrade: bool = True) -> None:
+        self.settings = settings
+        data_dir = settings.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage = FolderStorage(data_dir, fsync=settings.storage.fsync)
+        db = settings.database
+        self.reader_engine, self.writer_engine = index.make_engines(
+            settings.database_url,
+            sqlite_synchronous=db.sqlite_synchronous,
+            pool_size=db.pool_size,
+            lock_timeout=db.lock_timeout,
+        )
+        if upgrade:
+            index.upgrade(self.writer_engine, data_dir)
+        self.reader = index.session_factory(self.reader_engine)
+        self.writer = index.session_factory(self.writer_engine)
+        self.storage.clean_temporary()
+        self._ingest = Ingest(self.storage, self.writer, self.reader, settings.ingest)
+
+    # -- the calls the fronts make ---------------------------------------------------
+
+    def store(
+        self,
+        source: BinaryIO | Path,
+        origin: Origin,
+        *,
+        expected_study_uid: str | None = None,
+    ) -> StoreResult:
+        """Store one Part 10 instance; see :mod:`.ingest`."""
+        return self._ingest.store(source, origin, expected_study_uid=expected_study_uid)
+
+    def search(self, q: query.Query) -> list[dict[str, Any]]:
+        """Answer a QIDO-RS or C-FIND query; see :mod:`.query`."""
+        with self.reader() as session:
+            return query.search(session, q)
+
+    def instances(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> list[StoredInstance]:
+        """The stored instances of a study, series or instance; :class:`NotFound` if none."""
+        with self.reader() as session:
+            return retrieve.find_instances(session, study_uid, series_uid, sop_uid)
+
+    def metadata(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> Iterator[str]:
+        """Stored DICOM JSON text per instance (BulkDataURIs under ``dicomjson.BASE``)."""
+        return retrieve.iter_metadata(self.reader, study_uid, series_uid, sop_uid)
+
+    def open(self, instance: StoredInstance) -> BinaryIO:
+        """The stored file, as received."""
+        return self.storage.open(instance.storage_key)
+
+    def path(self, instance: StoredInstance) -> Path:
+        """The stored file's path, for zero-copy sending."""
+        return self.storage.path(instance.storage_key)
+
+    def read_ranges(
+        self, instance: StoredInstance, ranges: list[tuple[int, int]]
+    ) -> Iterator[bytes]:
+        """Stream byte ranges of the stored file (a frame's fragments, a bulk value)."""
+        with self.open(instance) as fp:
+            for offset, length in ranges:
+                fp.seek(offset)
+                remaining = length
+                while remaining > 0:
+                    chunk = fp.read(min(CHUNK, remaining))
+                    if not chunk:
+                        raise NotFound(f"stored file of {instance.sop_uid} is truncated")
+                    remaining -= len(chunk)
+                    yield chunk
+
+    def delete(
+        self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    ) -> int:
+        """Delete a study, series or instance: rows first, then files; returns the count."""
+        with self.writer.begin() as session:
+            found = retrieve.find_instances(session, study_uid, series_uid, sop_uid)
+            ids = session.scalars(
+                select(index.Instance.id).where(
+                    index.Instance.sop_uid.in_([i.sop_uid for i in found])
+                )
+            ).all()
+            keys = remove_instances(session, list(ids))
+        for key in keys:
+            self.storage.remove(key)
+        log.info("deleted %d instances of study %s", len(keys), study_uid)
+        return len(keys)
+
+    def count_instances(self) -> int:
+        with self.reader() as session:
+            return session.scalar(select(func.count()).select_from(index.Instance)) or 0
+
+    def check(self) -> None:
+        """Raise :class:`OutOfResources` unless index and storage are reachable."""
+        try:
+            with self.reader_engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except SQLAlchemyError as exc:
+            raise OutOfResources(f"the index is unreachable: {exc}") from exc
+        self.storage.check()
+
+    def close(self) -> None:
+        self.reader_engine.dispose()
+        self.writer_engine.dispose()
+
+
+__all__ = ["Archive", "NotFound", "Origin", "StoreResult", "StoredInstance"]

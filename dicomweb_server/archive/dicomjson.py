@@ -1,0 +1,89 @@
+"""An instance's metadata as DICOM JSON (PS3.18 Annex F), built once at ingest.
+
+Large binary values are not inlined: they become ``BulkDataURI`` entries, and their byte
+ranges in the stored file are recorded so that ``/bulkdata`` is a seek and a read.  URIs
+are stored relative to the placeholder :data:`BASE`, which the web front replaces with
+the public DICOMweb root when it serves the text; the stored JSON thus stays valid when
+the server moves behind another host name or proxy.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.tag import Tag
+
+#: Stands for the DICOMweb root URL inside stored JSON text.
+BASE = "{{dicomweb-base}}"
+
+#: VRs whose values may be served as bulk data (PS3.18 F.2.7).
+BULK_VRS = frozenset({"OB", "OD", "OF", "OL", "OV", "OW", "UN"})
+
+Bulk = dict[str, tuple[int, int]]  # bulk data path -> (file offset, length)
+
+
+def instance_uri(study_uid: str, series_uid: str, sop_uid: str) -> str:
+    """The instance's URI under :data:`BASE`."""
+    return f"{BASE}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+
+
+def to_json(dataset: Dataset, uri: str, threshold: int, offsets_valid: bool = True) -> tuple[dict[str, Any], Bulk]:
+    """Convert ``dataset`` (read with deferred large values) to the DICOM JSON model.
+
+    Returns the JSON dict and the byte ranges of the values it replaced by BulkDataURIs.
+    Bulk paths are tag keys joined by ``/`` with item indexes between them
+    (``"00540016/0/00181072"``); ``uri`` is the instance URI they hang under.
+    ``offsets_valid`` is false for deflated files, whose element positions are in the
+    inflated stream: the ranges then cannot be recorded and serving must parse.
+    """
+    bulk: Bulk = {}
+    return _convert(dataset, uri + "/bulkdata/", "", threshold, bulk, offsets_valid), bulk
+
+
+def _convert(
+    dataset: Dataset, uri: str, prefix: str, threshold: int, bulk: Bulk, offsets_valid: bool
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for tag in dataset.keys():
+        key = f"{tag:08X}"
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement):
+            vr = raw.VR or _implicit_vr(tag)
+            deferred = raw.value is None and raw.length not in (0, 0xFFFFFFFF)
+            if vr in BULK_VRS and (deferred or raw.length > threshold) and raw.length != 0xFFFFFFFF:
+                path = prefix + key
+                if offsets_valid:
+                    bulk[path] = (raw.value_tell, raw.length)
+                out[key] = {"vr": vr, "BulkDataURI": uri + path}
+                continue
+        element = dataset[tag]
+        if element.VR == "SQ":
+            entry: dict[str, Any] = {"vr": "SQ"}
+            items = [
+                _convert(item, uri, f"{prefix}{key}/{i}/", threshold, bulk, offsets_valid)
+                for i, item in enumerate(element.value)
+            ]
+            if items:
+                entry["Value"] = items
+            out[key] = entry
+        else:
+            out[key] = element.to_json_dict(None, threshold)
+    return out
+
+
+def _implicit_vr(tag: int) -> str:
+    try:
+        vr = dictionary_VR(Tag(tag))
+    except KeyError:
+        return "UN"
+    # Ambiguous VRs ("OB or OW", "US or SS") resolve to their binary form for bulk checks.
+    return "OW" if "OW" in vr else vr.split(" ")[0]
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON text, as stored and served."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)

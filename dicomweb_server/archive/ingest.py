@@ -1,0 +1,392 @@
+"""The one ingest path: STOW-RS, C-STORE and ``import`` all store through :func:`store`.
+
+Order of operations, chosen so that a crash at any point leaves the whole instance or
+none of it visible:
+
+1. copy the incoming bytes to a temporary file (bounded memory, SHA-256 on the way) and
+   fsync it;
+2. parse the header once and validate it (:mod:`.parse`);
+3. move the file to its final name, which never overwrites another file;
+4. write patient, study, series and instance rows and aggregates in one transaction.
+
+A crash after 3 and before 4 leaves an unindexed file (``verify`` reports it), never an
+index row without its file.  Replacing a duplicate writes the new copy beside the old,
+switches the row, and removes the old file only after the commit.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from ..config import DuplicatePolicy, IngestSettings
+from . import dicomjson
+from .attributes import Level, name_key, name_words, normalise_time, parse_date, parse_int
+from .errors import DuplicateInstance, OutOfResources, StudyMismatch
+from .index import Instance, Patient, Series, Study
+from .parse import ParsedInstance, parse_instance
+from .storage import Received, Storage, instance_key
+
+log = logging.getLogger(__name__)
+
+_RETRIES = 5
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where an instance came from; recorded with it for provenance and audit."""
+
+    protocol: str  #: "DIMSE", "STOW-RS" or "IMPORT"
+    ae_title: str = ""  #: calling AE title (DIMSE)
+    address: str = ""  #: remote address ("10.0.0.5:40312") or file path (import)
+    user: str = ""  #: HTTP client or authenticated user
+
+
+class StoreStatus(enum.StrEnum):
+    STORED = "stored"
+    DUPLICATE = "duplicate"  #: already stored; the new copy was dropped (policy "keep")
+    REPLACED = "replaced"  #: already stored; the new copy replaced it (policy "replace")
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    status: StoreStatus
+    warnings: tuple[str, ...] = ()
+
+
+class Ingest:
+    """Stores instances; one per process, shared by every thread of a front."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        sessions: sessionmaker[Session],
+        reader: sessionmaker[Session],
+        settings: IngestSettings,
+    ) -> None:
+        self.storage = storage
+        self.sessions = sessions
+        self.reader = reader
+        self.settings = settings
+
+    def store(
+        self,
+        source: BinaryIO | Path,
+        origin: Origin,
+        *,
+        expected_study_uid: str | None = None,
+    ) -> StoreResult:
+        """Store one Part 10 instance from a stream or a file path.
+
+        Raises an :class:`~.errors.ArchiveError` subclass when the instance is refused;
+        nothing of it is then stored.
+        """
+        if isinstance(source, Path):
+            with open(source, "rb") as stream:
+                received = self.storage.receive(stream, self.settings.max_instance_size)
+        else:
+            received = self.storage.receive(source, self.settings.max_instance_size)
+        try:
+            parsed = parse_instance(received.path, self.settings.bulk_data_threshold)
+            if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
+                raise StudyMismatch(
+                    f"StudyInstanceUID {parsed.study_uid} differs from the study "
+                    f"{expected_study_uid} in the request URL"
+                )
+            early = self._check_duplicate(parsed)
+            if early is not None:
+                self.storage.discard(received)
+                return early
+        except BaseException:
+            self.storage.discard(received)
+            raise
+        return self._commit(parsed, received, origin)
+
+    def _result(self, parsed: ParsedInstance, status: StoreStatus) -> StoreResult:
+        return StoreResult(
+            parsed.study_uid,
+            parsed.series_uid,
+            parsed.sop_uid,
+            parsed.sop_class_uid,
+            parsed.transfer_syntax_uid,
+            status,
+            tuple(parsed.warnings),
+        )
+
+    def _check_duplicate(self, parsed: ParsedInstance) -> StoreResult | None:
+        """Settle the common duplicate cases before any file is moved."""
+        policy = self.settings.duplicate_policy
+        if policy is DuplicatePolicy.REPLACE:
+            return None
+        with self.reader() as session:
+            exists = session.scalar(select(Instance.id).where(Instance.sop_uid == parsed.sop_uid))
+        if exists is None:
+            return None
+        if policy is DuplicatePolicy.REJECT:
+            raise DuplicateInstance(f"SOP Instance {parsed.sop_uid} is stored already")
+        return self._result(parsed, StoreStatus.DUPLICATE)
+
+    def _commit(self, parsed: ParsedInstance, received: Received, origin: Origin) -> StoreResult:
+        key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
+        try:
+            self.storage.commit(received, key)
+        except FileExistsError:
+            # A copy being replaced, or a file left by a crash: never overwrite it.
+            key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_uid, uuid.uuid4().hex[:12])
+            self.storage.commit(received, key)
+        try:
+            status, old_key = self._index(parsed, received, key, origin)
+        except BaseException:
+            self.storage.remove(key)
+            raise
+        if status is StoreStatus.DUPLICATE:
+            self.storage.remove(key)
+        if old_key is not None and old_key != key:
+            self.storage.remove(old_key)
+        return self._result(parsed, status)
+
+    def _index(
+        self, parsed: ParsedInstance, received: Received, key: str, origin: Origin
+    ) -> tuple[StoreStatus, str | None]:
+        for attempt in range(_RETRIES):
+            try:
+                with self.sessions.begin() as session:
+                    return _write_rows(session, parsed, received, key, origin, self.settings)
+            except IntegrityError:
+                # Another process inserted the same patient/study/series/instance between
+                # our look-up and our insert: the retry will find its row.
+                if attempt == _RETRIES - 1:
+                    raise
+            except OperationalError as exc:
+                if _is_transient(exc) and attempt < _RETRIES - 1:
+                    time.sleep(0.05 * (attempt + 1))
+                    continue
+                raise OutOfResources(f"the index cannot be written: {exc.orig}") from exc
+        raise AssertionError("unreachable")
+
+
+def _is_transient(exc: DBAPIError) -> bool:
+    text = str(exc.orig).lower()
+    return any(s in text for s in ("locked", "deadlock", "could not serialize", "busy"))
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _text(value: Any) -> str:
+    return "" if value is None else str(value).strip()
+
+
+def _get_or_create(session: Session, model: type, where: dict[str, Any], values: dict[str, Any]) -> tuple[int, bool]:
+    """Return ``(id, created)`` for the row matching ``where``, inserting it if absent."""
+    clause = [getattr(model, k) == v for k, v in where.items()]
+    found = session.scalar(select(model.id).where(*clause).with_for_update())
+    if found is not None:
+        return found, False
+    # A concurrent insert of the same key raises IntegrityError; Ingest retries.
+    new_id = session.scalar(insert(model).values(**where, **values).returning(model.id))
+    return new_id, True
+
+
+def _write_rows(
+    session: Session,
+    parsed: ParsedInstance,
+    received: Received,
+    key: str,
+    origin: Origin,
+    settings: IngestSettings,
+) -> tuple[StoreStatus, str | None]:
+    ds = parsed.dataset
+    now = _now()
+    existing = session.execute(
+        select(Instance.id, Instance.storage_key, Instance.series_pk).where(
+            Instance.sop_uid == parsed.sop_uid
+        ).with_for_update()
+    ).first()
+    old_key = None
+    status = StoreStatus.STORED
+    if existing is not None:
+        if settings.duplicate_policy is DuplicatePolicy.KEEP:
+            return StoreStatus.DUPLICATE, None
+        if settings.duplicate_policy is DuplicatePolicy.REJECT:
+            raise DuplicateInstance(f"SOP Instance {parsed.sop_uid} is stored already")
+        old_key = existing.storage_key
+        status = StoreStatus.REPLACED
+        remove_instances(session, [existing.id])
+
+    patient_name = _text(ds.get("PatientName"))
+    patient_pk, _ = _get_or_create(
+        session,
+        Patient,
+        {"patient_id": _text(ds.get("PatientID")), "issuer": _text(ds.get("IssuerOfPatientID"))},
+        {
+            "name_key": name_key(patient_name),
+            "name_words": name_words(patient_name),
+            "birth_date": parse_date(ds.get("PatientBirthDate")),
+            "sex": _text(ds.get("PatientSex"))[:16],
+            "attributes": dicomjson.dumps(parsed.level_json(Level.PATIENT)),
+        },
+    )
+    referring = _text(ds.get("ReferringPhysicianName"))
+    study_pk, _ = _get_or_create(
+        session,
+        Study,
+        {"study_uid": parsed.study_uid},
+        {
+            "patient_pk": patient_pk,
+            "study_date": parse_date(ds.get("StudyDate")),
+            "study_time": normalise_time(ds.get("StudyTime")),
+            "accession_number": _text(ds.get("AccessionNumber"))[:64],
+            "study_id": _text(ds.get("StudyID"))[:64],
+            "description": _text(ds.get("StudyDescription"))[:256],
+            "referring_name_key": name_key(referring),
+            "referring_name_words": name_words(referring),
+            "attributes": dicomjson.dumps(parsed.level_json(Level.STUDY)),
+            "created_at": now,
+            "updated_at": now,
+        },
+    )
+    request = ds.get("RequestAttributesSequence") or []
+    first_request = request[0] if len(request) else {}
+    modality = _text(ds.get("Modality"))[:16]
+    series_pk, new_series = _get_or_create(
+        session,
+        Series,
+        {"series_uid": parsed.series_uid},
+        {
+            "study_pk": study_pk,
+            "modality": modality,
+            "series_number": parse_int(ds.get("SeriesNumber")),
+            "description": _text(ds.get("SeriesDescription"))[:256],
+            "performed_date": parse_date(ds.get("PerformedProcedureStepStartDate")),
+            "performed_time": normalise_time(ds.get("PerformedProcedureStepStartTime")),
+            "scheduled_step_id": _text(first_request.get("ScheduledProcedureStepID"))[:64],
+            "requested_procedure_id": _text(first_request.get("RequestedProcedureID"))[:64],
+            "attributes": dicomjson.dumps(parsed.level_json(Level.SERIES)),
+        },
+    )
+    pixels = parsed.pixels
+    layout = None
+    if pixels is not None:
+        layout = dicomjson.dumps(
+            {
+                "tag": pixels.tag,
+                "vr": pixels.vr,
+                "offset": pixels.offset,
+                "length": pixels.length,
+                "frames": pixels.number_of_frames,
+                "frame_size": pixels.frame_size,
+                "fragments": pixels.fragments,
+            }
+        )
+    session.execute(
+        insert(Instance).values(
+            sop_uid=parsed.sop_uid,
+            series_pk=series_pk,
+            study_pk=study_pk,
+            sop_class_uid=parsed.sop_class_uid,
+            instance_number=parse_int(ds.get("InstanceNumber")),
+            transfer_syntax_uid=parsed.transfer_syntax_uid,
+            number_of_frames=parsed.number_of_frames,
+            storage_key=key,
+            size=received.size,
+            sha256=received.sha256,
+            attributes=dicomjson.dumps(parsed.level_json(Level.IMAGE)),
+            metadata_json=dicomjson.dumps(parsed.metadata),
+            pixel_layout=layout,
+            bulk_ranges=dicomjson.dumps(parsed.bulk),
+            origin_protocol=origin.protocol[:16],
+            origin_ae=origin.ae_title[:64],
+            origin_address=origin.address[:256],
+            origin_user=origin.user[:256],
+            received_at=now,
+        )
+    )
+    session.execute(
+        update(Series).where(Series.id == series_pk).values(num_instances=Series.num_instances + 1)
+    )
+    study = session.execute(
+        select(Study.modalities, Study.sop_classes).where(Study.id == study_pk)
+    ).one()
+    values: dict[str, Any] = {
+        "num_instances": Study.num_instances + 1,
+        "updated_at": now,
+        "sop_classes": _add_to_set(study.sop_classes, parsed.sop_class_uid),
+    }
+    if new_series:
+        values["num_series"] = Study.num_series + 1
+        values["modalities"] = _add_to_set(study.modalities, modality)
+    session.execute(update(Study).where(Study.id == study_pk).values(**values))
+    return status, old_key
+
+
+def _add_to_set(joined: str, value: str) -> str:
+    members = set(filter(None, joined.split("\\")))
+    if value:
+        members.add(value)
+    return "\\".join(sorted(members))
+
+
+def remove_instances(session: Session, instance_ids: list[int]) -> list[str]:
+    """Delete instance rows and bring their series, studies and patients up to date.
+
+    Series, studies and patients left empty are deleted too.  Returns the storage keys
+    of the removed instances, for the caller to unlink after the commit.
+    """
+    if not instance_ids:
+        return []
+    rows = session.execute(
+        select(Instance.storage_key, Instance.series_pk, Instance.study_pk).where(
+            Instance.id.in_(instance_ids)
+        )
+    ).all()
+    session.execute(delete(Instance).where(Instance.id.in_(instance_ids)))
+    series_pks = {r.series_pk for r in rows}
+    study_pks = {r.study_pk for r in rows}
+    for series_pk in series_pks:
+        count = session.scalar(select(func.count()).where(Instance.series_pk == series_pk))
+        if count:
+            session.execute(update(Series).where(Series.id == series_pk).values(num_instances=count))
+        else:
+            session.execute(delete(Series).where(Series.id == series_pk))
+    for study_pk in study_pks:
+        patient_pk = session.scalar(select(Study.patient_pk).where(Study.id == study_pk))
+        if not session.scalar(select(func.count()).where(Series.study_pk == study_pk)):
+            session.execute(delete(Study).where(Study.id == study_pk))
+            if not session.scalar(select(func.count()).where(Study.patient_pk == patient_pk)):
+                session.execute(delete(Patient).where(Patient.id == patient_pk))
+            continue
+        modalities = session.scalars(
+            select(Series.modality).where(Series.study_pk == study_pk).distinct()
+        ).all()
+        classes = session.scalars(
+            select(Instance.sop_class_uid).where(Instance.study_pk == study_pk).distinct()
+        ).all()
+        session.execute(
+            update(Study)
+            .where(Study.id == study_pk)
+            .values(
+                num_series=select(func.count()).where(Series.study_pk == study_pk).scalar_subquery(),
+                num_instances=select(func.count()).where(Instance.study_pk == study_pk).scalar_subquery(),
+                modalities="\\".join(sorted(filter(None, modalities))),
+                sop_classes="\\".join(sorted(classes)),
+                updated_at=_now(),
+            )
+        )
+    return [r.storage_key for r in rows]

@@ -1,0 +1,153 @@
+"""Reading an incoming instance once: header, validation, metadata JSON, frame layout.
+
+Only the header is parsed (never the pixel data: its frames are located by a scan of item
+headers), large values are deferred rather than read, and everything the archive will
+ever need to answer a query or serve a frame is computed here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydicom import dcmread
+from pydicom.dataelem import RawDataElement
+from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
+from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian, UID
+
+from . import dicomjson
+from .attributes import LEVEL_KEYS, Level, parse_int
+from .errors import InvalidInstance, UnsupportedTransferSyntax
+from .frames import PixelLayout, scan_pixel_data
+from .uids import clean_uid
+
+STORABLE_TRANSFER_SYNTAXES = frozenset(AllTransferSyntaxes)
+_AVAILABLE_TS = "00083002"
+
+
+@dataclass
+class ParsedInstance:
+    """What ingest learnt from one file; immutable once built."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+    transfer_syntax_uid: str
+    dataset: Dataset  # header only, large values deferred
+    metadata: dict[str, Any]  # DICOM JSON, BulkDataURIs under dicomjson.BASE
+    bulk: dicomjson.Bulk
+    pixels: PixelLayout | None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    def level_json(self, level: Level) -> dict[str, Any]:
+        """The attributes of ``level`` present in this instance, as DICOM JSON."""
+        return {k: self.metadata[k] for k in LEVEL_KEYS[level] if k in self.metadata}
+
+    @property
+    def number_of_frames(self) -> int:
+        """Frames of pixel data (1 for a single-frame image, 0 for no image)."""
+        if self.pixels is not None:
+            return self.pixels.number_of_frames
+        if "Rows" not in self.dataset:
+            return 0
+        return max(parse_int(self.dataset.get("NumberOfFrames", 1)) or 1, 1)
+
+
+def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
+    """Parse and validate the Part 10 file at ``path``.
+
+    Raises :class:`InvalidInstance` (or :class:`UnsupportedTransferSyntax`) with a message
+    fit for a PS3.18 failure body or a DIMSE Error Comment.
+    """
+    with open(path, "rb") as fp:
+        try:
+            dataset = dcmread(fp, stop_before_pixels=True, defer_size=max(bulk_threshold, 1))
+        except InvalidDicomError as exc:
+            raise InvalidInstance(
+                "not a DICOM Part 10 file: the 128-byte preamble, 'DICM' prefix or File Meta "
+                "Information (PS3.10 7.1) is missing"
+            ) from exc
+        except Exception as exc:  # pydicom raises many kinds on corrupt input
+            raise InvalidInstance(f"the DICOM header cannot be parsed: {exc}") from exc
+        meta = dataset.file_meta
+        ts = str(meta.get("TransferSyntaxUID", "") or "").rstrip("\0 ")
+        if not ts:
+            raise InvalidInstance("the File Meta Information has no TransferSyntaxUID (0002,0010)")
+        if ts not in STORABLE_TRANSFER_SYNTAXES:
+            raise UnsupportedTransferSyntax(f"transfer syntax {ts} is not supported by this archive")
+        try:
+            study = clean_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
+            series = clean_uid(dataset.get("SeriesInstanceUID"), "SeriesInstanceUID")
+            sop = clean_uid(dataset.get("SOPInstanceUID"), "SOPInstanceUID")
+            sop_class = clean_uid(dataset.get("SOPClassUID"), "SOPClassUID")
+        except InvalidInstance:
+            raise
+        except Exception as exc:  # a value that pydicom cannot even decode
+            raise InvalidInstance(f"an identifying attribute cannot be read: {exc}") from exc
+        warnings = []
+        media_sop = str(meta.get("MediaStorageSOPInstanceUID", "") or "").rstrip("\0 ")
+        if media_sop and media_sop != sop:
+            warnings.append(f"MediaStorageSOPInstanceUID {media_sop} differs from SOPInstanceUID {sop}")
+
+        deflated = ts == DeflatedExplicitVRLittleEndian
+        pixels = None
+        if not deflated:
+            pixels = _scan_pixels(fp, dataset, UID(ts))
+        try:
+            metadata, bulk = dicomjson.to_json(
+                dataset, dicomjson.instance_uri(study, series, sop), bulk_threshold, not deflated
+            )
+        except Exception as exc:
+            raise InvalidInstance(f"the header cannot be converted to DICOM JSON: {exc}") from exc
+    if pixels is not None or (deflated and "Rows" in dataset):
+        # Pixel Data is always bulk data, even when its frames could not be located.
+        tag, vr = (pixels.tag, pixels.vr) if pixels else (0x7FE00010, "OW")
+        metadata[f"{tag:08X}"] = {
+            "vr": vr,
+            "BulkDataURI": dicomjson.instance_uri(study, series, sop) + f"/bulkdata/{tag:08X}",
+        }
+    metadata[_AVAILABLE_TS] = {"vr": "UI", "Value": [ts]}
+    return ParsedInstance(
+        study_uid=study,
+        series_uid=series,
+        sop_uid=sop,
+        sop_class_uid=sop_class,
+        transfer_syntax_uid=ts,
+        dataset=dataset,
+        metadata=dict(sorted(metadata.items())),
+        bulk=bulk,
+        pixels=pixels,
+        warnings=warnings,
+    )
+
+
+def _scan_pixels(fp, dataset: Dataset, ts: UID) -> PixelLayout | None:  # type: ignore[no-untyped-def]
+    def number(keyword: str, default: int = 0) -> int:
+        value = parse_int(dataset.get(keyword, default))
+        return default if value is None else value
+
+    frame_bits = (
+        number("Rows") * number("Columns") * number("SamplesPerPixel", 1) * number("BitsAllocated")
+    )
+    extended = None
+    raw = dataset.get_item(0x7FE00001, keep_deferred=True)  # Extended Offset Table
+    if raw is not None:
+        if isinstance(raw, RawDataElement) and raw.value is None:
+            position = fp.tell()
+            fp.seek(raw.value_tell)
+            extended = fp.read(raw.length)
+            fp.seek(position)
+        else:
+            extended = bytes(dataset[0x7FE00001].value or b"")
+    return scan_pixel_data(
+        fp,
+        little_endian=ts.is_little_endian,
+        implicit_vr=ts.is_implicit_VR,
+        number_of_frames=number("NumberOfFrames", 1),
+        frame_bits=frame_bits,
+        extended_offsets=extended,
+    )

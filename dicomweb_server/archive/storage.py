@@ -1,0 +1,230 @@
+"""Where instance files live: a folder now, object storage later, behind one protocol.
+
+Files are written to a private temporary folder first and moved to their final name only
+once complete and synced, so a reader (or a crash) never sees a partial instance.  Final
+names are derived from UIDs that :mod:`.uids` has validated, never from raw input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+from .errors import InstanceTooLarge, NotFound, OutOfResources
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20
+_TMP = ".tmp"
+#: Temporary files older than this are removed at start-up even when their writer's
+#: process cannot be checked (it may run on another host sharing the folder).
+STALE_AFTER = 24 * 3600
+
+
+@dataclass(frozen=True)
+class Received:
+    """A complete copy of an incoming instance, in the storage's temporary folder."""
+
+    path: Path
+    size: int
+    sha256: str
+
+
+class Storage(Protocol):
+    """What the archive needs from a blob store."""
+
+    def receive(self, source: BinaryIO, limit: int = 0) -> Received: ...
+
+    def discard(self, received: Received) -> None: ...
+
+    def commit(self, received: Received, key: str) -> None:
+        """Raises FileExistsError when ``key`` is taken."""
+        ...
+
+    def path(self, key: str) -> Path: ...
+
+    def open(self, key: str) -> BinaryIO: ...
+
+    def remove(self, key: str) -> None: ...
+
+    def clean_temporary(self) -> int: ...
+
+    def check(self) -> None: ...
+
+
+def instance_key(study_uid: str, series_uid: str, sop_uid: str, variant: str = "") -> str:
+    """Storage key of an instance; the arguments must be validated UIDs.
+
+    ``variant`` distinguishes a replacement copy from the one it replaces, so the index
+    can switch from one to the other in a single commit.
+    """
+    name = f"{sop_uid}.{variant}.dcm" if variant else f"{sop_uid}.dcm"
+    return f"{study_uid}/{series_uid}/{name}"
+
+
+def _out_of_resources(exc: OSError) -> OutOfResources | None:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE):
+        return OutOfResources(f"storage cannot be written: {exc.strerror}")
+    return None
+
+
+class FolderStorage:
+    """Instances as files under one root folder: ``<study>/<series>/<sop>.dcm``."""
+
+    def __init__(self, root: Path, *, fsync: bool = True) -> None:
+        self.root = root.resolve()
+        self.fsync = fsync
+        self._tmp = self.root / _TMP
+        self._tmp.mkdir(parents=True, exist_ok=True)
+        self._host = socket.gethostname()
+
+    # -- writing -------------------------------------------------------------------
+
+    def receive(self, source: BinaryIO, limit: int = 0) -> Received:
+        """Copy ``source`` to a new temporary file, hashing it on the way.
+
+        Memory stays at one chunk whatever the size.  Raises :class:`InstanceTooLarge`
+        past ``limit`` bytes (0: unlimited) and :class:`OutOfResources` when the disk is
+        full; the temporary file is gone in both cases.
+        """
+        # The writer's host and PID in the name let clean_temporary tell a dead
+        # writer's leftovers from a live one's (gunicorn forks after start-up).
+        path = self._tmp / f"{self._host}-{os.getpid()}-{uuid.uuid4().hex}.part"
+        digest = hashlib.sha256()
+        size = 0
+        try:
+            with open(path, "wb") as out:
+                while chunk := source.read(CHUNK):
+                    size += len(chunk)
+                    if limit and size > limit:
+                        raise InstanceTooLarge(f"instance exceeds the limit of {limit} bytes")
+                    digest.update(chunk)
+                    out.write(chunk)
+                out.flush()
+                if self.fsync:
+                    os.fsync(out.fileno())
+        except BaseException as exc:
+            path.unlink(missing_ok=True)
+            if isinstance(exc, OSError) and (mapped := _out_of_resources(exc)):
+                raise mapped from exc
+            raise
+        return Received(path, size, digest.hexdigest())
+
+    def discard(self, received: Received) -> None:
+        received.path.unlink(missing_ok=True)
+
+    def commit(self, received: Received, key: str) -> None:
+        """Give a received file its final name, atomically and durably.
+
+        Never overwrites: raises :class:`FileExistsError` when ``key`` is taken, so two
+        writers of one SOP Instance UID cannot clobber each other's file.
+        """
+        target = self.path(key)
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                os.link(received.path, target)  # fails if the target exists
+            except FileExistsError:
+                raise
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                    raise
+                if target.exists():  # a file system without hard links
+                    raise FileExistsError(errno.EEXIST, "exists", str(target)) from exc
+                os.replace(received.path, target)
+            received.path.unlink(missing_ok=True)
+            if self.fsync:
+                _fsync_dir(target.parent)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            received.path.unlink(missing_ok=True)
+            if mapped := _out_of_resources(exc):
+                raise mapped from exc
+            raise
+
+    # -- reading and removing ------------------------------------------------------
+
+    def path(self, key: str) -> Path:
+        return self.root / key
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return open(self.path(key), "rb")
+        except FileNotFoundError as exc:
+            raise NotFound(f"stored file {key} is missing") from exc
+
+    def remove(self, key: str) -> None:
+        path = self.path(key)
+        path.unlink(missing_ok=True)
+        # Drop folders left empty, up to the root; another writer may race us, which
+        # is harmless: rmdir fails on a folder that is not empty.
+        for parent in (path.parent, path.parent.parent):
+            with contextlib.suppress(OSError):
+                parent.rmdir()
+
+    def iter_keys(self) -> Iterator[str]:
+        """Every stored file's key (for ``verify`` and ``reindex``)."""
+        for path in sorted(self.root.glob("*/*/*.dcm")):
+            yield path.relative_to(self.root).as_posix()
+
+    # -- housekeeping --------------------------------------------------------------
+
+    def clean_temporary(self) -> int:
+        """Remove temporary files left by writers that died; returns how many.
+
+        A file is removed when its writer ran on this host and is gone, or when it is
+        older than :data:`STALE_AFTER`; files of live writers are left alone, since
+        several processes share the folder.
+        """
+        host = self._host
+        removed = 0
+        now = time.time()
+        for path in self._tmp.glob("*.part"):
+            parts = path.name.rsplit("-", 2)
+            dead = False
+            if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+                dead = not _pid_alive(int(parts[1]))
+            try:
+                old = now - path.stat().st_mtime > STALE_AFTER
+            except FileNotFoundError:
+                continue
+            if dead or old:
+                path.unlink(missing_ok=True)
+                removed += 1
+        if removed:
+            log.info("removed %d temporary files left by interrupted writes", removed)
+        return removed
+
+    def check(self) -> None:
+        """Raise :class:`OutOfResources` unless the folder is writable (readiness)."""
+        if not os.access(self._tmp, os.W_OK):
+            raise OutOfResources(f"storage folder {self._tmp} is not writable")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,198 @@
+"""The ``dicomweb-server`` command: one entry point for every process of the archive.
+
+Option names are a public interface (scripts and operators rely on them): keep them.
+Every option can also be set in the configuration file or as an environment variable;
+the command line wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__, logs
+from .config import Settings, load_settings
+
+log = logging.getLogger(__name__)
+
+
+def _remote_ae(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict:
+    peers: dict[str, dict[str, Any]] = {}
+    for value in values:
+        aet, sep, address = value.partition("=")
+        host, colon, port = address.rpartition(":")
+        if not (sep and colon and aet and host and port.isdigit()):
+            raise click.BadParameter(f"{value!r} is not AET=HOST:PORT")
+        peers[aet] = {"host": host, "port": int(port)}
+    return peers
+
+
+def _option(*names: str, **kwargs: Any) -> Callable:
+    return click.option(*names, show_default=False, **kwargs)
+
+
+config_option = _option(
+    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    help="TOML configuration file (default: $DICOMWEB_CONFIG).",
+)
+data_dir_option = _option(
+    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    help="Storage folder; the SQLite index lives there unless database.url is set. [./data]",
+)
+host_option = _option("--host", help="Address to listen on (HTTP and DIMSE). [127.0.0.1]")
+http_port_option = _option("--http-port", type=int, help="DICOMweb HTTP port. [8042]")
+dimse_port_option = _option("--dimse-port", type=int, help="DIMSE port. [11112]")
+aet_option = _option("--aet", help="Our DICOM Application Entity title. [DICOMWEB]")
+workers_option = _option("--workers", type=int, help="gunicorn worker processes (0: one per core).")
+remote_ae_option = _option(
+    "--remote-ae", multiple=True, callback=_remote_ae, metavar="AET=HOST:PORT",
+    help="A known peer (C-MOVE destination); repeatable. Adds to dimse.remote_aes.",
+)
+
+
+def build_settings(
+    config_file: Path | None = None,
+    *,
+    data_dir: Path | None = None,
+    host: str | None = None,
+    http_port: int | None = None,
+    dimse_port: int | None = None,
+    aet: str | None = None,
+    workers: int | None = None,
+    remote_ae: dict | None = None,
+) -> Settings:
+    """Settings from file and environment, with command-line values on top."""
+    base = load_settings(config_file)
+    overrides: dict[str, dict[str, Any]] = {}
+
+    def put(section: str, key: str, value: Any) -> None:
+        if value is not None:
+            overrides.setdefault(section, getattr(base, section).model_dump())[key] = value
+
+    put("storage", "data_dir", data_dir)
+    put("http", "host", host)
+    put("dimse", "host", host)
+    put("http", "port", http_port)
+    put("dimse", "port", dimse_port)
+    put("dimse", "aet", aet)
+    put("http", "workers", workers)
+    if remote_ae:
+        put("dimse", "remote_aes", {**base.dimse.model_dump()["remote_aes"], **remote_ae})
+    if not overrides:
+        return base
+    return load_settings(config_file, **overrides)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__)
+def main() -> None:
+    """A DICOMweb (QIDO-RS, WADO-RS, STOW-RS) and DIMSE archive.
+
+    Start with `dicomweb-server serve`: both listeners on the embedded default
+    (SQLite and a local folder under ./data).
+    """
+
+
+@main.command()
+@host_option
+@http_port_option
+@dimse_port_option
+@aet_option
+@data_dir_option
+@config_option
+@remote_ae_option
+@workers_option
+def serve(config_file: Path | None, **options: Any) -> None:
+    """Run the DICOMweb and DIMSE listeners together.
+
+    HTTP is served by gunicorn workers, DIMSE by one listener process; all share the
+    index and storage folder.  Stop with Ctrl-C.
+    """
+    settings = build_settings(config_file, **options)
+    logs.configure(settings.log)
+    from .server import run_serve
+
+    run_serve(settings)
+
+
+@main.command()
+@host_option
+@http_port_option
+@data_dir_option
+@config_option
+@workers_option
+def web(config_file: Path | None, **options: Any) -> None:
+    """Run only the DICOMweb listener, under gunicorn (production).
+
+    Run as many as needed on one PostgreSQL index and shared storage.
+    """
+    settings = build_settings(config_file, **options)
+    logs.configure(settings.log)
+    from .server import run_web
+
+    run_web(settings)
+
+
+@main.command()
+@host_option
+@dimse_port_option
+@aet_option
+@data_dir_option
+@config_option
+@remote_ae_option
+def dimse(config_file: Path | None, **options: Any) -> None:
+    """Run only the DIMSE listener (C-ECHO, C-STORE, C-FIND, C-MOVE, C-GET)."""
+    settings = build_settings(config_file, **options)
+    logs.configure(settings.log)
+    from dimse_scp import serve_forever
+
+    serve_forever(settings)
+
+
+@main.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
+@data_dir_option
+@config_option
+@_option("--jobs", "-j", type=int, default=1, help="Parallel worker processes.")
+def import_(paths: tuple[Path, ...], config_file: Path | None, data_dir: Path | None, jobs: int) -> None:
+    """Load DICOM files and folders (recursively) through the ingest path.
+
+    Prints a progress bar, then how many files were stored, already present, or
+    rejected (with the reason for each rejection).
+    """
+    settings = build_settings(config_file, data_dir=data_dir)
+    logs.configure(settings.log)
+    from .bulk import import_paths
+
+    summary = import_paths(settings, paths, jobs=jobs)
+    click.echo(summary.report())
+    sys.exit(1 if summary.rejected and not summary.stored and not summary.duplicates else 0)
+
+
+@main.group()
+def db() -> None:
+    """Index maintenance."""
+
+
+@db.command()
+@data_dir_option
+@config_option
+def upgrade(config_file: Path | None, data_dir: Path | None) -> None:
+    """Create the index or upgrade its schema to this version (idempotent)."""
+    settings = build_settings(config_file, data_dir=data_dir)
+    logs.configure(settings.log)
+    from .archive import index
+
+    reader, writer = index.make_engines(settings.database_url)
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    index.upgrade(writer, settings.storage.data_dir)
+    click.echo(f"index at {writer.url.render_as_string(hide_password=True)} is up to date")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,190 @@
+"""One typed settings object for every process of the archive.
+
+Settings come, from lowest to highest precedence, from the defaults below, a TOML file
+(``config/dicomweb-server.toml`` documents every option), environment variables named
+``DICOMWEB_<SECTION>__<OPTION>`` (``DICOMWEB_HTTP__PORT=8080``), and finally the command
+line.  The object is built once at start-up and passed down explicitly; nothing else in
+the code base reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+ENV_PREFIX = "DICOMWEB_"
+CONFIG_ENV = ENV_PREFIX + "CONFIG"
+
+
+class DuplicatePolicy(enum.StrEnum):
+    """What ingest does with a second copy of a SOP Instance UID already stored."""
+
+    KEEP = "keep"  #: keep the first copy; the second is acknowledged but not stored
+    REPLACE = "replace"  #: store the new copy and drop the old one
+    REJECT = "reject"  #: refuse the new copy with an error
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class StorageSettings(_Section):
+    #: Folder holding the stored instances and, unless ``database.url`` is set, the
+    #: SQLite index.
+    data_dir: Path = Path("./data")
+    #: fsync each file (and its folder) before the index commit.  Turning it off trades
+    #: durability on power loss for speed; never do that for a clinical archive.
+    fsync: bool = True
+
+
+class DatabaseSettings(_Section):
+    #: SQLAlchemy URL.  Empty means SQLite at ``<data_dir>/index.sqlite``.
+    url: str = ""
+    #: SQLite ``synchronous`` pragma in WAL mode: FULL syncs the WAL at every commit.
+    sqlite_synchronous: str = "FULL"
+    #: Connection pool size per process (PostgreSQL).
+    pool_size: int = 10
+    #: Seconds a writer waits for a lock before giving up (SQLite busy timeout).
+    lock_timeout: float = 30.0
+
+
+class IngestSettings(_Section):
+    duplicate_policy: DuplicatePolicy = DuplicatePolicy.KEEP
+    #: Binary values (OB, OW, OF, OD, OL, OV, UN) longer than this many bytes are not
+    #: inlined in the metadata but served as bulk data.
+    bulk_data_threshold: int = Field(default=1024, ge=0)
+    #: Largest instance accepted, in bytes (0: no limit).
+    max_instance_size: int = Field(default=0, ge=0)
+
+
+class HttpSettings(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(default=8042, ge=0, le=65535)
+    #: Path under which the DICOMweb resources are served.
+    base_path: str = "/dicom-web"
+    #: Absolute URL clients reach the DICOMweb root at (``https://pacs.example.org/dicom-web``),
+    #: used for RetrieveURL and BulkDataURI.  Empty: derived from each request.
+    public_url: str = ""
+    #: Trust ``Forwarded`` / ``X-Forwarded-*`` headers from this many proxies in front.
+    trusted_proxies: int = Field(default=0, ge=0)
+    #: Origins allowed by CORS; ``["*"]`` lets a viewer on any origin call the server.
+    cors_origins: list[str] = ["*"]
+    #: gunicorn worker processes for ``web`` and ``serve`` (0: one per CPU core).
+    workers: int = Field(default=0, ge=0)
+    #: Threads per gunicorn worker.
+    threads: int = Field(default=8, ge=1)
+    #: Seconds a worker may stay silent before gunicorn restarts it.
+    timeout: int = Field(default=300, ge=1)
+
+    @field_validator("base_path")
+    @classmethod
+    def _normalise_base_path(cls, value: str) -> str:
+        value = "/" + value.strip("/")
+        return "" if value == "/" else value
+
+
+class RemoteAE(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class DimseSettings(_Section):
+    enabled: bool = True
+    aet: str = Field(default="DICOMWEB", min_length=1, max_length=16)
+    host: str = "127.0.0.1"
+    port: int = Field(default=11112, ge=0, le=65535)
+    max_associations: int = Field(default=16, ge=1)
+    #: Largest PDU we accept, in bytes (0: unlimited).
+    max_pdu_size: int = Field(default=4_194_304, ge=0)
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 60.0
+    network_timeout: float = 120.0
+    #: Calling AE titles allowed to associate; empty allows any.
+    allowed_aets: list[str] = []
+    #: Hosts allowed to associate; empty allows any.
+    allowed_hosts: list[str] = []
+    #: Known peers, for C-MOVE destinations: ``{"PACS" = {host = "10.0.0.5", port = 104}}``.
+    remote_aes: dict[str, RemoteAE] = {}
+    #: DICOM TLS: all three empty means plain TCP.
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+
+
+class LogSettings(_Section):
+    level: str = "INFO"
+    #: ``text`` for people, ``json`` for log collectors.
+    format: str = "text"
+
+
+class Settings(BaseSettings):
+    """Every option of the archive; see ``config/dicomweb-server.toml``."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_nested_delimiter="__",
+        frozen=True,
+        extra="forbid",
+    )
+
+    storage: StorageSettings = StorageSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    ingest: IngestSettings = IngestSettings()
+    http: HttpSettings = HttpSettings()
+    dimse: DimseSettings = DimseSettings()
+    log: LogSettings = LogSettings()
+
+    # The TOML file is chosen at load time, so it travels in a class attribute that
+    # ``load_settings`` sets for the duration of one construction.
+    _toml_file: ClassVar[Path | None] = None
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls._toml_file is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=cls._toml_file))
+        return tuple(sources)
+
+    @property
+    def database_url(self) -> str:
+        """The index URL: the configured one, else SQLite inside the data folder."""
+        if self.database.url:
+            return self.database.url
+        return f"sqlite:///{(self.storage.data_dir / 'index.sqlite').resolve()}"
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Build the settings from a TOML file, the environment and ``overrides``.
+
+    Parameters
+    ----------
+    config_file
+        TOML file to read; defaults to ``$DICOMWEB_CONFIG`` when that is set.
+    overrides
+        Sections as nested mappings, e.g. ``http={"port": 0}``; they win over everything.
+    """
+    path = config_file or os.environ.get(CONFIG_ENV) or None
+    if path is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"configuration file {path} does not exist")
+    Settings._toml_file = Path(path) if path else None
+    try:
+        return Settings(**overrides)
+    finally:
+        Settings._toml_file = None

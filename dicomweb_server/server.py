@@ -1,0 +1,98 @@
+"""Starting the listeners: gunicorn for HTTP, a child process for DIMSE under ``serve``.
+
+The index schema is brought up to date once, in the parent, before any worker forks;
+each worker then opens its own Archive (database connections must not cross a fork).
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from typing import Any
+
+from gunicorn.app.base import BaseApplication
+
+from . import logs
+from .archive import index
+from .config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Gunicorn(BaseApplication):  # type: ignore[misc]
+    def __init__(self, settings: Settings, options: dict[str, Any]) -> None:
+        self.settings = settings
+        self.options = options
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self.options.items():
+            self.cfg.set(key, value)
+
+    def load(self):  # type: ignore[no-untyped-def]
+        from .web import create_app
+
+        return create_app(self.settings)
+
+
+def _prepare(settings: Settings) -> None:
+    settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
+    _reader, writer = index.make_engines(settings.database_url)
+    index.upgrade(writer, settings.storage.data_dir)
+    writer.dispose()
+
+
+def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
+    http = settings.http
+    base = http.public_url or f"http://{http.host}:{{port}}{http.base_path}"
+
+    def when_ready(server: Any) -> None:
+        for listener in server.LISTENERS:
+            port = listener.sock.getsockname()[1]
+            print(f"DICOMweb listening on {base.format(port=port)}", flush=True)
+
+    return {
+        "bind": f"{http.host}:{http.port}",
+        "workers": http.workers or os.cpu_count() or 1,
+        # Threads keep a worker responsive while others stream multi-gigabyte bodies.
+        "worker_class": "gthread",
+        "threads": http.threads,
+        "timeout": http.timeout,
+        "graceful_timeout": http.timeout,
+        "keepalive": 75,
+        "accesslog": None,
+        "when_ready": when_ready,
+        **extra,
+    }
+
+
+def run_web(settings: Settings) -> None:
+    """Serve DICOMweb under gunicorn until interrupted."""
+    _prepare(settings)
+    _Gunicorn(settings, gunicorn_options(settings)).run()
+
+
+def _dimse_child(settings: Settings) -> None:
+    logs.configure(settings.log)
+    from dimse_scp import serve_forever
+
+    serve_forever(settings)
+
+
+def run_serve(settings: Settings) -> None:
+    """Serve DICOMweb and DIMSE together until interrupted."""
+    _prepare(settings)
+    child = None
+    if settings.dimse.enabled:
+        child = multiprocessing.get_context("spawn").Process(
+            target=_dimse_child, args=(settings,), name="dimse", daemon=True
+        )
+        child.start()
+
+    def on_exit(_server: Any) -> None:
+        if child is not None and child.is_alive():
+            child.terminate()
+            child.join(10)
+
+    _Gunicorn(settings, gunicorn_options(settings, on_exit=on_exit)).run()
