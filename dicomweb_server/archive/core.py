@@ -44,7 +44,7 @@ class Archive:
         self.reader = index.session_factory(self.reader_engine)
         self.writer = index.session_factory(self.writer_engine)
         self.storage.clean_temporary()
-        self._ingest = Ingest(self.storage, self.writer, self.reader, settings.ingest)
+        self._ingest = Ingest(self.storage, self.writer_engine, self.reader, settings.ingest)
 
     # -- the calls the fronts make ---------------------------------------------------
 

@@ -27,12 +27,13 @@ from typing import Any, BinaryIO
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import DuplicatePolicy, IngestSettings
 from . import dicomjson
 from .attributes import Level, name_key, name_words, normalise_time, parse_date, parse_int
-from .errors import DuplicateInstance, OutOfResources, StudyMismatch
+from .errors import ArchiveError, DuplicateInstance, OutOfResources, StudyMismatch
 from .index import Instance, Patient, Series, Study
 from .parse import ParsedInstance, parse_instance
 from .storage import Received, Storage, instance_key
@@ -75,12 +76,12 @@ class Ingest:
     def __init__(
         self,
         storage: Storage,
-        sessions: sessionmaker[Session],
+        writer: Engine,
         reader: sessionmaker[Session],
         settings: IngestSettings,
     ) -> None:
         self.storage = storage
-        self.sessions = sessions
+        self.writer = writer
         self.reader = reader
         self.settings = settings
 
@@ -101,6 +102,7 @@ class Ingest:
                 received = self.storage.receive(stream, self.settings.max_instance_size)
         else:
             received = self.storage.receive(source, self.settings.max_instance_size)
+        parsed = None
         try:
             parsed = parse_instance(received.path, self.settings.bulk_data_threshold)
             if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
@@ -112,10 +114,16 @@ class Ingest:
             if early is not None:
                 self.storage.discard(received)
                 return early
-        except BaseException:
+        except BaseException as exc:
             self.storage.discard(received)
+            if isinstance(exc, ArchiveError) and parsed is not None:
+                exc.sop_class_uid, exc.sop_uid = parsed.sop_class_uid, parsed.sop_uid
             raise
-        return self._commit(parsed, received, origin)
+        try:
+            return self._commit(parsed, received, origin)
+        except ArchiveError as exc:
+            exc.sop_class_uid, exc.sop_uid = parsed.sop_class_uid, parsed.sop_uid
+            raise
 
     def _result(self, parsed: ParsedInstance, status: StoreStatus) -> StoreResult:
         return StoreResult(
@@ -165,8 +173,10 @@ class Ingest:
     ) -> tuple[StoreStatus, str | None]:
         for attempt in range(_RETRIES):
             try:
-                with self.sessions.begin() as session:
-                    return _write_rows(session, parsed, received, key, origin, self.settings)
+                # Core statements on a plain connection: the ORM's unit of work adds
+                # nothing here and costs ~0.1 ms a statement.
+                with self.writer.begin() as connection:
+                    return _write_rows(connection, parsed, received, key, origin, self.settings)
             except IntegrityError:
                 # Another process inserted the same patient/study/series/instance between
                 # our look-up and our insert: the retry will find its row.
@@ -193,7 +203,7 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _get_or_create(session: Session, model: type, where: dict[str, Any], values: dict[str, Any]) -> tuple[int, bool]:
+def _get_or_create(session: Connection, model: type, where: dict[str, Any], values: dict[str, Any]) -> tuple[int, bool]:
     """Return ``(id, created)`` for the row matching ``where``, inserting it if absent."""
     clause = [getattr(model, k) == v for k, v in where.items()]
     found = session.scalar(select(model.id).where(*clause).with_for_update())
@@ -205,7 +215,7 @@ def _get_or_create(session: Session, model: type, where: dict[str, Any], values:
 
 
 def _write_rows(
-    session: Session,
+    session: Connection,
     parsed: ParsedInstance,
     received: Received,
     key: str,
@@ -343,7 +353,7 @@ def _add_to_set(joined: str, value: str) -> str:
     return "\\".join(sorted(members))
 
 
-def remove_instances(session: Session, instance_ids: list[int]) -> list[str]:
+def remove_instances(session: Connection | Session, instance_ids: list[int]) -> list[str]:
     """Delete instance rows and bring their series, studies and patients up to date.
 
     Series, studies and patients left empty are deleted too.  Returns the storage keys
