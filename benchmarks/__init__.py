@@ -1,0 +1,1 @@
+"""Benchmarks comparing dicomweb-server with Orthanc; see :mod:`benchmarks.run`."""

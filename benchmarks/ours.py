@@ -1,0 +1,125 @@
+"""Our server as a subprocess: ``dicomweb-server serve`` on SQLite or PostgreSQL.
+
+The embedded default keeps the SQLite index in a temporary data folder.  The
+PostgreSQL variant runs against a database created here and dropped at the end.
+Reference data is loaded in-process through :meth:`Archive.store`, the same ingest
+path as STOW-RS and C-STORE, which skips HTTP for data that is not being measured.
+"""
+
+from __future__ import annotations
+
+import io
+import shutil
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from . import process
+from .process import LOOPBACK, Server, StartError
+
+#: TCP when PostgreSQL is reachable on loopback; else its Unix socket, which still works
+#: inside the private network namespace that :func:`benchmarks.run.isolate` creates.
+POSTGRES_TCP = "postgresql+psycopg://postgres@127.0.0.1:5432/{name}"
+POSTGRES_SOCKET = "postgresql+psycopg://postgres@/{name}?host=/var/run/postgresql"
+AET = "DICOMWEB"
+
+
+class Ours(Server):
+    name = "ours"
+
+    def __init__(self, *args, database_url: str = "", data_dir: Path, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        super().__init__(*args, **kwargs)
+        self.database_url = database_url
+        self.data_dir = data_dir
+        self._archive = None
+
+    def archive(self):  # type: ignore[no-untyped-def]
+        if self._archive is None:
+            from dicomweb_server.archive import Archive
+            from dicomweb_server.config import load_settings
+
+            settings = load_settings(
+                None, storage={"data_dir": self.data_dir}, database={"url": self.database_url}
+            )
+            self._archive = Archive(settings, upgrade=False)
+        return self._archive
+
+    def load(self, blobs: list[bytes]) -> None:
+        from dicomweb_server.archive import Origin
+
+        archive = self.archive()
+        for blob in blobs:
+            archive.store(io.BytesIO(blob), Origin("IMPORT", address="benchmark"))
+
+    def count(self) -> int:
+        return self.archive().count_instances()
+
+    def version(self) -> str:
+        from dicomweb_server import __version__
+
+        return __version__
+
+    def stop(self) -> None:
+        if self._archive is not None:
+            self._archive.close()
+        super().stop()
+        if self.database_url:
+            _drop_database(self.database_url)
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def _postgres_template() -> str:
+    return POSTGRES_TCP if process.wait_tcp(5432, 0.5) else POSTGRES_SOCKET
+
+
+def _create_database() -> str:
+    from sqlalchemy import create_engine, text
+
+    name = f"dicomweb_bench_{uuid.uuid4().hex[:8]}"
+    template = _postgres_template()
+    admin = create_engine(template.format(name="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return template.format(name=name)
+
+
+def _drop_database(url: str) -> None:
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = make_url(url).database
+    admin = create_engine(make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    with admin.connect() as connection:
+        connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def start_ours(postgres: bool = False, workers: int = 2, dimse_wait: float = 10.0) -> Ours:
+    """Start ``dicomweb-server serve`` on free loopback ports; raise StartError on failure."""
+    workdir = Path(tempfile.mkdtemp(prefix="bench-ours-"))
+    data_dir = workdir / "data"
+    http_port, dimse_port = process.free_port(), process.free_port()
+    database_url = _create_database() if postgres else ""
+    env = {"DICOMWEB_DATABASE__URL": database_url, "DICOMWEB_LOG__LEVEL": "WARNING"}
+    argv = [
+        sys.executable, "-m", "dicomweb_server", "serve", "--host", LOOPBACK,
+        "--http-port", str(http_port), "--dimse-port", str(dimse_port),
+        "--data-dir", str(data_dir), "--workers", str(workers),
+    ]
+    log = workdir / "server.log"
+    child = process.start(argv, log, env)
+    server = Ours(
+        child, f"http://{LOOPBACK}:{http_port}/dicom-web", None, AET, workdir,
+        database_url=database_url, data_dir=data_dir,
+    )
+    server.name = "ours-pg" if postgres else "ours"
+    try:
+        process.wait_http(f"http://{LOOPBACK}:{http_port}/health", child, log)
+    except StartError:
+        server.stop()
+        raise
+    if process.wait_tcp(dimse_port, dimse_wait):
+        server.dimse_port = dimse_port
+    return server

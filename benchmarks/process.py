@@ -1,0 +1,162 @@
+"""Child processes of the benchmark: free ports, readiness, memory, clean stops.
+
+Every server is started in its own session (process group), so it is stopped by its
+own id and nothing else on the machine is touched.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import requests
+
+LOOPBACK = "127.0.0.1"
+
+
+class StartError(RuntimeError):
+    """A server did not come up; the message carries the tail of its log."""
+
+
+def free_port() -> int:
+    """A TCP port free on the loopback address right now."""
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        return sock.getsockname()[1]
+
+
+def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
+    """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise StartError(f"exited with {process.returncode}: {tail(log)}")
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.2)
+    raise StartError(f"{url} not ready after {timeout:.0f} s: {tail(log)}")
+
+
+def wait_tcp(port: int, timeout: float) -> bool:
+    """Whether something accepts connections on ``port`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((LOOPBACK, port), timeout=1):
+                return True
+        except OSError:
+            time.sleep(0.2)
+    return False
+
+
+def tail(log: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start ``argv`` in a new process group, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, start_new_session=True,
+        )
+
+
+def stop(process: subprocess.Popen, timeout: float = 15.0) -> None:
+    """SIGTERM the process group we started, then SIGKILL it if it lingers."""
+    if process.poll() is not None:
+        return
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(process.pid, sig)  # our child leads its own group
+        except ProcessLookupError:
+            return
+        try:
+            process.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def tree(pid: int) -> list[int]:
+    """``pid`` and all its descendants (gunicorn workers, the DIMSE child)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
+def _status_kb(pid: int, key: str) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def reset_peak_rss(pid: int) -> None:
+    """Reset VmHWM of the tree (``clear_refs`` value 5, Linux >= 4.0)."""
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            Path(f"/proc/{member}/clear_refs").write_text("5")
+
+
+def peak_rss_mb(pid: int) -> float:
+    """Sum of VmHWM over the tree, in MB: an upper bound of the simultaneous peak."""
+    return sum(_status_kb(member, "VmHWM") for member in tree(pid)) / 1024
+
+
+class Server:
+    """A running server under test: its DICOMweb root, DIMSE address and process."""
+
+    name = "server"
+
+    def __init__(self, process: subprocess.Popen, root: str, dimse_port: int | None,
+                 aet: str, workdir: Path) -> None:
+        self.process = process
+        self.root = root  #: DICOMweb root URL, without trailing slash
+        self.dimse_port = dimse_port  #: None when the DIMSE listener did not come up
+        self.aet = aet
+        self.workdir = workdir
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def load(self, blobs: list[bytes]) -> None:
+        """Store Part 10 blobs by the fastest route (not measured)."""
+        raise NotImplementedError
+
+    def count(self) -> int:
+        """Instances in the index."""
+        raise NotImplementedError
+
+    def version(self) -> str:
+        return ""
+
+    def stop(self) -> None:
+        stop(self.process)
