@@ -96,6 +96,12 @@ def import_paths(settings: Settings, paths: Iterable[Path], jobs: int = 1) -> Im
                     progress.update()
     finally:
         progress.close()
-    log.info("import finished", extra={"stored": summary.stored, "duplicates": summary.duplicates,
-                                       "rejected": summary.rejected})
+    log.info(
+        "import finished",
+        extra={
+            "stored": summary.stored,
+            "duplicates": summary.duplicates,
+            "rejected": summary.rejected,
+        },
+    )
     return summary

@@ -37,11 +37,14 @@ def _option(*names: str, **kwargs: Any) -> Callable:
 
 
 config_option = _option(
-    "--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
+    "--config",
+    "config_file",
+    type=click.Path(dir_okay=False, path_type=Path),
     help="TOML configuration file (default: $DICOMWEB_CONFIG).",
 )
 data_dir_option = _option(
-    "--data-dir", type=click.Path(file_okay=False, path_type=Path),
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
     help="Storage folder; the SQLite index lives there unless database.url is set. [./data]",
 )
 host_option = _option("--host", help="Address to listen on (HTTP and DIMSE). [127.0.0.1]")
@@ -50,7 +53,10 @@ dimse_port_option = _option("--dimse-port", type=int, help="DIMSE port. [11112]"
 aet_option = _option("--aet", help="Our DICOM Application Entity title. [DICOMWEB]")
 workers_option = _option("--workers", type=int, help="gunicorn worker processes (0: one per core).")
 remote_ae_option = _option(
-    "--remote-ae", multiple=True, callback=_remote_ae, metavar="AET=HOST:PORT",
+    "--remote-ae",
+    multiple=True,
+    callback=_remote_ae,
+    metavar="AET=HOST:PORT",
     help="A known peer (C-MOVE destination); repeatable. Adds to dimse.remote_aes.",
 )
 
@@ -159,7 +165,9 @@ def dimse(config_file: Path | None, **options: Any) -> None:
 @data_dir_option
 @config_option
 @_option("--jobs", "-j", type=int, default=1, help="Parallel worker processes.")
-def import_(paths: tuple[Path, ...], config_file: Path | None, data_dir: Path | None, jobs: int) -> None:
+def import_(
+    paths: tuple[Path, ...], config_file: Path | None, data_dir: Path | None, jobs: int
+) -> None:
     """Load DICOM files and folders (recursively) through the ingest path.
 
     Prints a progress bar, then how many files were stored, already present, or
@@ -172,6 +180,49 @@ def import_(paths: tuple[Path, ...], config_file: Path | None, data_dir: Path | 
     summary = import_paths(settings, paths, jobs=jobs)
     click.echo(summary.report())
     sys.exit(1 if summary.rejected and not summary.stored and not summary.duplicates else 0)
+
+
+def _with_progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="instance", desc=desc, disable=None)
+
+
+@main.command()
+@data_dir_option
+@config_option
+def verify(config_file: Path | None, data_dir: Path | None) -> None:
+    """Check every indexed instance against its file (present, size, SHA-256 at ingest).
+
+    Also lists stored files that no index row points to.  Changes nothing; exits 1 when
+    an instance is missing or corrupt.
+    """
+    settings = build_settings(config_file, data_dir=data_dir)
+    logs.configure(settings.log)
+    from .archive import Archive
+    from .archive.maintenance import verify as run_verify
+
+    archive = Archive(settings)
+    with _with_progress(archive.count_instances(), "verify") as bar:
+        report = run_verify(archive, bar.update)
+    click.echo(report.report())
+    sys.exit(0 if report.ok else 1)
+
+
+@main.command()
+@data_dir_option
+@config_option
+def reindex(config_file: Path | None, data_dir: Path | None) -> None:
+    """Index the stored files that the index does not know (after restoring a backup)."""
+    settings = build_settings(config_file, data_dir=data_dir)
+    logs.configure(settings.log)
+    from .archive import Archive
+    from .archive.maintenance import reindex as run_reindex
+
+    archive = Archive(settings)
+    with _with_progress(sum(1 for _ in archive.storage.iter_keys()), "reindex") as bar:
+        report = run_reindex(archive, bar.update)
+    click.echo(report.report())
 
 
 @main.group()
@@ -188,7 +239,7 @@ def upgrade(config_file: Path | None, data_dir: Path | None) -> None:
     logs.configure(settings.log)
     from .archive import index
 
-    reader, writer = index.make_engines(settings.database_url)
+    _reader, writer = index.make_engines(settings.database_url)
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     index.upgrade(writer, settings.storage.data_dir)
     click.echo(f"index at {writer.url.render_as_string(hide_password=True)} is up to date")

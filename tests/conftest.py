@@ -32,7 +32,9 @@ POSTGRES_URL = os.environ.get(
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for this test process."""
-    admin = create_engine(POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3})
+    admin = create_engine(
+        POSTGRES_URL, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+    )
     try:
         with admin.connect() as connection:
             connection.execute(text("SELECT 1"))
@@ -40,8 +42,10 @@ def postgres_url() -> Iterator[str]:
         admin.dispose()
         if os.environ.get("DICOMWEB_TEST_REQUIRE_POSTGRES"):  # CI: a skip would hide it
             raise
-        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL} ({type(exc).__name__}); "
-                    "set DICOMWEB_TEST_POSTGRES_URL to run these tests")
+        pytest.skip(
+            f"PostgreSQL not reachable at {POSTGRES_URL} ({type(exc).__name__}); "
+            "set DICOMWEB_TEST_POSTGRES_URL to run these tests"
+        )
     name = f"dicomweb_test_{os.getpid()}_{uuid.uuid4().hex[:6]}"
     with admin.connect() as connection:
         connection.execute(text(f'CREATE DATABASE "{name}"'))

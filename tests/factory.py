@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import (
-    CTImageStorage,
-    ExplicitVRLittleEndian,
     PYDICOM_IMPLEMENTATION_UID,
     UID,
+    CTImageStorage,
+    ExplicitVRLittleEndian,
     generate_uid,
 )
 
@@ -116,6 +116,8 @@ def make_series(count: int, **kwargs: Any) -> list[Dataset]:
     study_uid = kwargs.pop("study_uid", None) or uid()
     series_uid = kwargs.pop("series_uid", None) or uid()
     return [
-        make_instance(study_uid=study_uid, series_uid=series_uid, InstanceNumber=i + 1, seed=i, **kwargs)
+        make_instance(
+            study_uid=study_uid, series_uid=series_uid, InstanceNumber=i + 1, seed=i, **kwargs
+        )
         for i in range(count)
     ]

@@ -50,7 +50,10 @@ def test_processes_writing_one_index_lose_nothing(settings: Settings, tmp_path: 
     archive = Archive(settings)
     try:
         with archive.reader() as session:
-            assert session.scalar(select(func.count()).select_from(Instance)) == PROCESSES * PER_PROCESS
+            assert (
+                session.scalar(select(func.count()).select_from(Instance))
+                == PROCESSES * PER_PROCESS
+            )
             shared_study = session.scalars(select(Study).where(Study.study_uid == shared[0])).one()
             in_shared = PROCESSES * sum(1 for i in range(PER_PROCESS) if i % 3)
             assert shared_study.num_instances == in_shared

@@ -35,7 +35,9 @@ def test_environment_overrides_file_and_cli_overrides_environment(
     settings = load_settings(config)
     assert settings.http.port == 9100
     assert settings.ingest.duplicate_policy is DuplicatePolicy.REJECT
-    settings = build_settings(config, http_port=9200, remote_ae={"PACS": {"host": "h", "port": 104}})
+    settings = build_settings(
+        config, http_port=9200, remote_ae={"PACS": {"host": "h", "port": 104}}
+    )
     assert settings.http.port == 9200
     assert settings.dimse.aet == "ENVAET"
     assert settings.dimse.remote_aes["PACS"].port == 104

@@ -24,19 +24,26 @@ from dicomweb_server.config import Settings
 from tests.factory import make_series, write
 
 
-def test_sigkill_during_import_leaves_archive_consistent(settings: Settings, tmp_path: Path) -> None:
+def test_sigkill_during_import_leaves_archive_consistent(
+    settings: Settings, tmp_path: Path
+) -> None:
     source = tmp_path / "incoming"
     hashes = set()
     for ds in make_series(150, rows=64, columns=64):
         path = write(ds, source)
         hashes.add(hashlib.sha256(path.read_bytes()).hexdigest())
-    env = {**os.environ, "DICOMWEB_STORAGE__DATA_DIR": str(settings.storage.data_dir),
-           "DICOMWEB_DATABASE__URL": settings.database.url}
+    env = {
+        **os.environ,
+        "DICOMWEB_STORAGE__DATA_DIR": str(settings.storage.data_dir),
+        "DICOMWEB_DATABASE__URL": settings.database.url,
+    }
     rng = random.Random(7)
     for _ in range(4):
         process = subprocess.Popen(
             [sys.executable, "-m", "dicomweb_server", "import", str(source)],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         time.sleep(rng.uniform(1.0, 2.5))
         process.send_signal(signal.SIGKILL)

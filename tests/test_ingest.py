@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import pytest
 from pydicom import dcmread
@@ -24,7 +25,9 @@ def test_store_writes_original_bytes_and_indexes(archive: Archive) -> None:
     assert stored.size == len(data)
     metadata = json.loads(next(archive.metadata(ds.StudyInstanceUID)))
     assert metadata["00100010"] == {"vr": "PN", "Value": [{"Alphabetic": "Doe^John"}]}
-    assert metadata["7FE00010"]["BulkDataURI"].endswith(f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010")
+    assert metadata["7FE00010"]["BulkDataURI"].endswith(
+        f"/instances/{ds.SOPInstanceUID}/bulkdata/7FE00010"
+    )
 
 
 def test_native_frame_offsets_point_at_each_frame(archive: Archive) -> None:
@@ -82,8 +85,11 @@ def _rows(archive: Archive, model: type) -> list:
 
 def test_level_rows_hold_normalised_matching_values(archive: Archive) -> None:
     ds = make_instance(
-        PatientName="O'Brien^Ann^^^", StudyDate="20231231", StudyTime="0930",
-        ReferringPhysicianName="van Gogh^Vincent", SeriesNumber="7",
+        PatientName="O'Brien^Ann^^^",
+        StudyDate="20231231",
+        StudyTime="0930",
+        ReferringPhysicianName="van Gogh^Vincent",
+        SeriesNumber="7",
     )
     archive.store(io.BytesIO(to_bytes(ds)), Origin("STOW-RS", address="10.1.2.3:5555", user="curl"))
     [patient] = _rows(archive, Patient)
@@ -100,7 +106,10 @@ def test_level_rows_hold_normalised_matching_values(archive: Archive) -> None:
     assert series.series_number == 7
     [instance] = _rows(archive, Instance)
     assert (instance.origin_protocol, instance.origin_address, instance.origin_user) == (
-        "STOW-RS", "10.1.2.3:5555", "curl")
+        "STOW-RS",
+        "10.1.2.3:5555",
+        "curl",
+    )
     assert instance.received_at is not None
     assert len(instance.sha256) == 64
 
@@ -109,7 +118,9 @@ def test_metadata_follows_the_json_model(archive: Archive) -> None:
     ds = make_instance(
         PatientName="Yamada^Tarou=山田^太郎=やまだ^たろう",
         SpecificCharacterSet=["", "ISO 2022 IR 87"],
-        SliceThickness="2.5", ImagePositionPatient=["0", "-1.5", "3"], InstanceNumber="12",
+        SliceThickness="2.5",
+        ImagePositionPatient=["0", "-1.5", "3"],
+        InstanceNumber="12",
     )
     ds.add_new(0x00091010, "OB", b"\x01" * 4096)  # a private binary value over the threshold
     ds.add_new(0x00091011, "OB", b"\x02" * 16)  # and a small one, inlined
@@ -130,7 +141,9 @@ def test_metadata_follows_the_json_model(archive: Archive) -> None:
 
 @pytest.mark.parametrize("policy", ["keep", "replace", "reject"])
 def test_duplicate_policy(tmp_path: Path, database_url: str, policy: str) -> None:
-    archive = Archive(make_settings(tmp_path / "d", database_url, ingest={"duplicate_policy": policy}))
+    archive = Archive(
+        make_settings(tmp_path / "d", database_url, ingest={"duplicate_policy": policy})
+    )
     try:
         first = make_instance(StudyDescription="first")
         second = first.copy()
@@ -143,7 +156,10 @@ def test_duplicate_policy(tmp_path: Path, database_url: str, policy: str) -> Non
             expected = to_bytes(first)
         else:
             result = archive.store(io.BytesIO(to_bytes(second)), ORIGIN)
-            assert result.status == {"keep": StoreStatus.DUPLICATE, "replace": StoreStatus.REPLACED}[policy]
+            assert (
+                result.status
+                == {"keep": StoreStatus.DUPLICATE, "replace": StoreStatus.REPLACED}[policy]
+            )
             expected = to_bytes(first if policy == "keep" else second)
         [stored] = archive.instances(first.StudyInstanceUID)
         assert archive.path(stored).read_bytes() == expected
@@ -169,7 +185,11 @@ def _assert_nothing_stored(archive: Archive, settings: Settings) -> None:
     [
         (lambda ds: delattr(ds, "SOPInstanceUID"), InvalidInstance, "SOPInstanceUID is missing"),
         (lambda ds: setattr(ds, "StudyInstanceUID", "1.2.03"), InvalidInstance, "not a valid UID"),
-        (lambda ds: setattr(ds, "SeriesInstanceUID", "../../etc"), InvalidInstance, "SeriesInstanceUID"),
+        (
+            lambda ds: setattr(ds, "SeriesInstanceUID", "../../etc"),
+            InvalidInstance,
+            "SeriesInstanceUID",
+        ),
         (lambda ds: setattr(ds, "SOPClassUID", "1." * 40), InvalidInstance, "SOPClassUID"),
     ],
 )
@@ -187,12 +207,12 @@ def test_unreadable_or_unsupported_files_are_refused(archive: Archive, settings:
     with pytest.raises(InvalidInstance, match="Part 10"):
         archive.store(io.BytesIO(b"not dicom at all" * 100), ORIGIN)
     ds = make_instance()
-    bare = to_bytes(ds)[128 + 4:]  # no preamble: what a careless client might send
+    bare = to_bytes(ds)[128 + 4 :]  # no preamble: what a careless client might send
     with pytest.raises(InvalidInstance):
         archive.store(io.BytesIO(bare), ORIGIN)
     # A private transfer syntax of the same length, patched into the File Meta.
     private = to_bytes(ds).replace(b"1.2.840.10008.1.2.1\0", b"1.2.3.4.5.6.7.8.9.10", 1)
-    with pytest.raises(UnsupportedTransferSyntax, match="1.2.3.4.5.6.7.8.9.10"):
+    with pytest.raises(UnsupportedTransferSyntax, match=re.escape("1.2.3.4.5.6.7.8.9.10")):
         archive.store(io.BytesIO(private), ORIGIN)
     truncated = to_bytes(make_instance())[:200]
     with pytest.raises(InvalidInstance):
@@ -219,7 +239,11 @@ def test_aggregates_follow_inserts_and_deletes(archive: Archive, settings: Setti
     assert archive.delete(study, sr[0].SeriesInstanceUID) == 2
     [row] = _rows(archive, Study)
     assert (row.num_series, row.num_instances, row.modalities, row.sop_classes) == (
-        1, 3, "CT", ct[0].SOPClassUID)
+        1,
+        3,
+        "CT",
+        ct[0].SOPClassUID,
+    )
     assert archive.delete(study, ct[0].SeriesInstanceUID, ct[0].SOPInstanceUID) == 1
     [series] = _rows(archive, Series)
     assert series.num_instances == 2

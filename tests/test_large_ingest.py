@@ -29,7 +29,10 @@ def test_a_1_gb_instance_is_stored_with_bounded_memory(tmp_path: Path) -> None:
     frames = 2048  # 512 x 512 x 16 bits each: 1 GiB of Pixel Data
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path / "data"), str(frames)],
-        capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[1],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=Path(__file__).parents[1],
     )
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)

@@ -10,5 +10,7 @@ def test_archive_imports_neither_flask_nor_pynetdicom() -> None:
         "bad = [m for m in ('flask', 'pynetdicom', 'werkzeug') if m in sys.modules]; "
         "print(','.join(bad))"
     )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == ""

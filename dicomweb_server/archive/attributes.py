@@ -165,7 +165,12 @@ def normalise_time(value: object) -> str | None:
     if not text:
         return None
     whole, _, fraction = text.partition(".")
-    if not whole.isdigit() or len(whole) % 2 or len(whole) > 6 or (fraction and not fraction.isdigit()):
+    if (
+        not whole.isdigit()
+        or len(whole) % 2
+        or len(whole) > 6
+        or (fraction and not fraction.isdigit())
+    ):
         return None
     return f"{whole.ljust(6, '0')}.{fraction[:6].ljust(6, '0')}"
 

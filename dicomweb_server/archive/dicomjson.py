@@ -31,7 +31,9 @@ def instance_uri(study_uid: str, series_uid: str, sop_uid: str) -> str:
     return f"{BASE}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
 
 
-def to_json(dataset: Dataset, uri: str, threshold: int, offsets_valid: bool = True) -> tuple[dict[str, Any], Bulk]:
+def to_json(
+    dataset: Dataset, uri: str, threshold: int, offsets_valid: bool = True
+) -> tuple[dict[str, Any], Bulk]:
     """Convert ``dataset`` (read with deferred large values) to the DICOM JSON model.
 
     Returns the JSON dict and the byte ranges of the values it replaced by BulkDataURIs.
@@ -48,7 +50,7 @@ def _convert(
     dataset: Dataset, uri: str, prefix: str, threshold: int, bulk: Bulk, offsets_valid: bool
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
-    for tag in dataset.keys():
+    for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset would decode every element)
         key = f"{tag:08X}"
         raw = dataset.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement):

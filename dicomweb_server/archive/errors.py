@@ -11,6 +11,11 @@ from __future__ import annotations
 class ArchiveError(Exception):
     """Root of every error the archive raises on purpose."""
 
+    #: The refused instance's SOP Class and SOP Instance UIDs, when ingest got far enough
+    #: to read them: PS3.18 Annex I lists them in the FailedSOPSequence item.
+    sop_class_uid: str = ""
+    sop_uid: str = ""
+
 
 class InvalidInstance(ArchiveError):
     """The data is not a DICOM instance we can store (unreadable, a required UID missing

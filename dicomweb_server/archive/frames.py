@@ -16,11 +16,29 @@ from typing import BinaryIO
 
 log = logging.getLogger(__name__)
 
-PIXEL_TAGS = {0x7FE00010: "PixelData", 0x7FE00008: "FloatPixelData", 0x7FE00009: "DoubleFloatPixelData"}
+PIXEL_TAGS = {
+    0x7FE00010: "PixelData",
+    0x7FE00008: "FloatPixelData",
+    0x7FE00009: "DoubleFloatPixelData",
+}
 _ITEM = 0xFFFEE000
 _SEQ_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-_LONG_VRS = {b"OB", b"OW", b"OF", b"OD", b"OL", b"OV", b"SQ", b"UC", b"UN", b"UR", b"UT", b"SV", b"UV"}
+_LONG_VRS = {
+    b"OB",
+    b"OW",
+    b"OF",
+    b"OD",
+    b"OL",
+    b"OV",
+    b"SQ",
+    b"UC",
+    b"UN",
+    b"UR",
+    b"UT",
+    b"SV",
+    b"UV",
+}
 # JPEG SOI and JPEG 2000 SOC/SIZ markers start a codestream, hence a frame.
 _FRAME_STARTS = (b"\xff\xd8", b"\xff\x4f\xff\x51")
 
@@ -96,7 +114,9 @@ def scan_pixel_data(
     if length != _UNDEFINED:
         frame_size = frame_bits // 8 if frame_bits % 8 == 0 and frame_bits else None
         if frame_size is not None and frame_size * frames > length:
-            log.warning("Pixel Data holds %d bytes, less than %d frames of %d", length, frames, frame_size)
+            log.warning(
+                "Pixel Data holds %d bytes, less than %d frames of %d", length, frames, frame_size
+            )
             frame_size = None
         return PixelLayout(tag, vr, offset, length, frames, frame_size=frame_size)
     fp.seek(offset)
@@ -124,7 +144,9 @@ def _scan_encapsulated(
     bot, fragments = items[0], items[1:]
     grouped = _group_fragments(fp, fragments, frames, bot, extended_offsets)
     if grouped is None:
-        log.warning("cannot tell which of %d fragments form each of %d frames", len(fragments), frames)
+        log.warning(
+            "cannot tell which of %d fragments form each of %d frames", len(fragments), frames
+        )
         return layout
     return PixelLayout(tag, "OB", offset, None, frames, fragments=grouped)
 
@@ -151,6 +173,7 @@ def _group_fragments(
         base = fragments[0][0] - 8
         boundaries = {base + s for s in starts}
         return _split_at(fragments, lambda f: f[0] - 8 in boundaries, frames)
+
     # No table: JPEG-family codestreams announce their own start.
     def opens_frame(fragment: Fragment) -> bool:
         fp.seek(fragment[0])

@@ -133,8 +133,9 @@ class Instance(Base):
 # -- engines ---------------------------------------------------------------------------
 
 
-def make_engines(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10,
-                 lock_timeout: float = 30.0) -> tuple[Engine, Engine]:
+def make_engines(
+    url: str, *, sqlite_synchronous: str = "FULL", pool_size: int = 10, lock_timeout: float = 30.0
+) -> tuple[Engine, Engine]:
     """Return ``(reader, writer)`` engines for ``url``.
 
     On PostgreSQL both are the same engine.  On SQLite the writer begins every
@@ -143,8 +144,7 @@ def make_engines(url: str, *, sqlite_synchronous: str = "FULL", pool_size: int =
     another process holds it, which is what lets several processes ingest into one file.
     """
     if not url.startswith("sqlite"):
-        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size,
-                               pool_pre_ping=True)
+        engine = create_engine(url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
         return engine, engine
     reader = _sqlite_engine(url, sqlite_synchronous, lock_timeout, "BEGIN")
     writer = _sqlite_engine(url, sqlite_synchronous, lock_timeout, "BEGIN IMMEDIATE")

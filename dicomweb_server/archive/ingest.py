@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import DuplicatePolicy, IngestSettings
@@ -155,7 +155,9 @@ class Ingest:
             self.storage.commit(received, key)
         except FileExistsError:
             # A copy being replaced, or a file left by a crash: never overwrite it.
-            key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_uid, uuid.uuid4().hex[:12])
+            key = instance_key(
+                parsed.study_uid, parsed.series_uid, parsed.sop_uid, uuid.uuid4().hex[:12]
+            )
             self.storage.commit(received, key)
         try:
             status, old_key = self._index(parsed, received, key, origin)
@@ -176,7 +178,9 @@ class Ingest:
                 # Core statements on a plain connection: the ORM's unit of work adds
                 # nothing here and costs ~0.1 ms a statement.
                 with self.writer.begin() as connection:
-                    return _write_rows(connection, parsed, received, key, origin, self.settings)
+                    return write_index_rows(
+                        connection, parsed, received, key, origin, self.settings
+                    )
             except IntegrityError:
                 # Another process inserted the same patient/study/series/instance between
                 # our look-up and our insert: the retry will find its row.
@@ -203,7 +207,9 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-def _get_or_create(session: Connection, model: type, where: dict[str, Any], values: dict[str, Any]) -> tuple[int, bool]:
+def _get_or_create(
+    session: Connection, model: type, where: dict[str, Any], values: dict[str, Any]
+) -> tuple[int, bool]:
     """Return ``(id, created)`` for the row matching ``where``, inserting it if absent."""
     clause = [getattr(model, k) == v for k, v in where.items()]
     found = session.scalar(select(model.id).where(*clause).with_for_update())
@@ -214,7 +220,7 @@ def _get_or_create(session: Connection, model: type, where: dict[str, Any], valu
     return new_id, True
 
 
-def _write_rows(
+def write_index_rows(
     session: Connection,
     parsed: ParsedInstance,
     received: Received,
@@ -225,9 +231,9 @@ def _write_rows(
     ds = parsed.dataset
     now = _now()
     existing = session.execute(
-        select(Instance.id, Instance.storage_key, Instance.series_pk).where(
-            Instance.sop_uid == parsed.sop_uid
-        ).with_for_update()
+        select(Instance.id, Instance.storage_key, Instance.series_pk)
+        .where(Instance.sop_uid == parsed.sop_uid)
+        .with_for_update()
     ).first()
     old_key = None
     status = StoreStatus.STORED
@@ -372,7 +378,9 @@ def remove_instances(session: Connection | Session, instance_ids: list[int]) -> 
     for series_pk in series_pks:
         count = session.scalar(select(func.count()).where(Instance.series_pk == series_pk))
         if count:
-            session.execute(update(Series).where(Series.id == series_pk).values(num_instances=count))
+            session.execute(
+                update(Series).where(Series.id == series_pk).values(num_instances=count)
+            )
         else:
             session.execute(delete(Series).where(Series.id == series_pk))
     for study_pk in study_pks:
@@ -392,8 +400,12 @@ def remove_instances(session: Connection | Session, instance_ids: list[int]) -> 
             update(Study)
             .where(Study.id == study_pk)
             .values(
-                num_series=select(func.count()).where(Series.study_pk == study_pk).scalar_subquery(),
-                num_instances=select(func.count()).where(Instance.study_pk == study_pk).scalar_subquery(),
+                num_series=select(func.count())
+                .where(Series.study_pk == study_pk)
+                .scalar_subquery(),
+                num_instances=select(func.count())
+                .where(Instance.study_pk == study_pk)
+                .scalar_subquery(),
                 modalities="\\".join(sorted(filter(None, modalities))),
                 sop_classes="\\".join(sorted(classes)),
                 updated_at=_now(),

@@ -16,7 +16,7 @@ from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
-from pydicom.uid import AllTransferSyntaxes, DeflatedExplicitVRLittleEndian, UID
+from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from . import dicomjson
 from .attributes import LEVEL_KEYS, Level, parse_int
@@ -78,7 +78,9 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         if not ts:
             raise InvalidInstance("the File Meta Information has no TransferSyntaxUID (0002,0010)")
         if ts not in STORABLE_TRANSFER_SYNTAXES:
-            raise UnsupportedTransferSyntax(f"transfer syntax {ts} is not supported by this archive")
+            raise UnsupportedTransferSyntax(
+                f"transfer syntax {ts} is not supported by this archive"
+            )
         try:
             study = clean_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
             series = clean_uid(dataset.get("SeriesInstanceUID"), "SeriesInstanceUID")
@@ -91,7 +93,9 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         warnings = []
         media_sop = str(meta.get("MediaStorageSOPInstanceUID", "") or "").rstrip("\0 ")
         if media_sop and media_sop != sop:
-            warnings.append(f"MediaStorageSOPInstanceUID {media_sop} differs from SOPInstanceUID {sop}")
+            warnings.append(
+                f"MediaStorageSOPInstanceUID {media_sop} differs from SOPInstanceUID {sop}"
+            )
 
         deflated = ts == DeflatedExplicitVRLittleEndian
         pixels = None

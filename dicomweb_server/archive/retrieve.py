@@ -49,7 +49,9 @@ def _layout(text: str | None) -> PixelLayout | None:
     )
 
 
-def _scoped(statement: Select, study_uid: str, series_uid: str | None, sop_uid: str | None) -> Select:
+def _scoped(
+    statement: Select, study_uid: str, series_uid: str | None, sop_uid: str | None
+) -> Select:
     statement = statement.join(Series, Series.id == Instance.series_pk).join(
         Study, Study.id == Instance.study_pk
     )
@@ -58,7 +60,9 @@ def _scoped(statement: Select, study_uid: str, series_uid: str | None, sop_uid: 
         statement = statement.where(Series.series_uid == series_uid)
     if sop_uid is not None:
         statement = statement.where(Instance.sop_uid == sop_uid)
-    return statement.order_by(Series.series_number, Series.id, Instance.instance_number, Instance.id)
+    return statement.order_by(
+        Series.series_number, Series.id, Instance.instance_number, Instance.id
+    )
 
 
 def _describe(study_uid: str, series_uid: str | None, sop_uid: str | None) -> str:

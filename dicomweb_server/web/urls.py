@@ -21,9 +21,7 @@ def base_url() -> str:
     forwarded = request.headers.get("Forwarded") if settings.http.trusted_proxies else None
     if forwarded:
         fields = dict(
-            part.strip().split("=", 1)
-            for part in forwarded.split(",")[0].split(";")
-            if "=" in part
+            part.strip().split("=", 1) for part in forwarded.split(",")[0].split(";") if "=" in part
         )
         host = fields.get("host", "").strip('"') or request.host
         proto = fields.get("proto", "").strip('"') or request.scheme
