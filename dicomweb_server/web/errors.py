@@ -29,6 +29,44 @@ STATUS: dict[type[errors.ArchiveError], int] = {
 }
 
 
+#: PS3.18 Annex I.2.2 Failure Reason (0008,1197) values for a STOW-RS instance refused
+#: with each archive error; the most specific class wins (looked up along the MRO).
+#: Standard codes: A7xx refused out of resources, C122 referenced transfer syntax not
+#: supported, Cxxx cannot understand, 0110 processing failure.  Implementation-specific
+#: codes, as Annex I.2.2 allows (listed in the conformance statement): C409 Study
+#: Instance UID differs from the one in the request URL (the value dcm4chee-arc uses),
+#: and 0111 "Duplicate SOP Instance" (PS3.7 C.4) when the duplicate policy is reject.
+FAILURE_REASON: dict[type[errors.ArchiveError], int] = {
+    errors.OutOfResources: 0xA700,
+    errors.InstanceTooLarge: 0xA700,
+    errors.UnsupportedTransferSyntax: 0xC122,
+    errors.StudyMismatch: 0xC409,
+    errors.InvalidInstance: 0xC000,
+    errors.DuplicateInstance: 0x0111,
+}
+#: Failure Reason for anything not in the table, including the request body ending
+#: inside a part: "processing failure" (PS3.18 Table I.2-2).
+PROCESSING_FAILURE = 0x0110
+#: "Error: Cannot understand" (PS3.18 Table I.2-2), for a part that is not an instance.
+CANNOT_UNDERSTAND = 0xC000
+
+#: PS3.18 Annex I.2.1 Warning Reason (0008,1196) values.  B000 coercion of data elements,
+#: B006 elements discarded, B007 data set does not match SOP Class are standard; B111
+#: is implementation-specific: the SOP Instance UID was stored already and the first
+#: copy was kept (``ingest.duplicate_policy = "keep"``), so this copy was not stored.
+WARNING_COERCION = 0xB000
+WARNING_DOES_NOT_MATCH_SOP_CLASS = 0xB007
+WARNING_DUPLICATE_KEPT = 0xB111
+
+
+def failure_reason(exc: BaseException) -> int:
+    """The PS3.18 Failure Reason for an instance refused with ``exc``."""
+    for kind in type(exc).__mro__:
+        if kind in FAILURE_REASON:
+            return FAILURE_REASON[kind]  # type: ignore[index]
+    return PROCESSING_FAILURE
+
+
 def status_for(exc: errors.ArchiveError) -> int:
     for kind in type(exc).__mro__:
         if kind in STATUS:

@@ -1,5 +1,382 @@
-"""placeholder: being written"""
+"""STOW-RS (PS3.18 10.5) and the DELETE of studies, series and instances.
 
-from flask import Blueprint
+Store: ``POST {base}/studies[/{study}]`` with a ``multipart/related`` body whose parts are
+Part 10 instances (``type="application/dicom"``).  The body is read as a stream: each
+part goes straight from the request to :meth:`Archive.store` through
+:class:`~.multipart_parser.PartReader`, so memory stays at about one chunk whatever the
+upload's size, and every instance is stored (or refused) before the next one is read.
+An instance refused, or a body that breaks off, never undoes what was stored before it.
+
+The answer is a Store Instances Response Module (PS3.18 Annex I) in DICOM JSON, with the
+status of PS3.18 Table 10.5.3-1: 200 all stored, 202 some stored with failures or
+warnings, 409 none stored, 400 none stored because the body could not be understood,
+415 a media type other than ``multipart/related; type="application/dicom"``.  The
+failure and warning reasons come from the tables in :mod:`.errors`; each refusal's text
+goes into a ``Warning: 299`` header (RFC 9111 5.5, PS3.18 8.3.5.1) and the log.
+
+Delete is not part of PS3.18; the resources answer ``204 No Content`` as the Microsoft
+DICOM service and dcm4chee-arc do (``404`` if nothing matches, ``400`` for a malformed UID).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flask import Blueprint, Response, current_app, json, request
+from werkzeug.exceptions import BadRequest, ClientDisconnected, UnsupportedMediaType
+
+from ..archive import Archive, ArchiveError, Origin, StoreResult, StoreStatus
+from ..archive.uids import is_valid_uid
+from . import errors
+from .multipart_parser import (
+    MultipartError,
+    MultipartReader,
+    Part,
+    PartReader,
+    Readable,
+    parse_content_type,
+)
+from .urls import base_url
+
+log = logging.getLogger(__name__)
 
 blueprint = Blueprint("stow", __name__)
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+#: At most this many ``Warning`` header fields; the body lists every instance anyway.
+MAX_WARNING_HEADERS = 10
+
+
+@dataclass(frozen=True)
+class Failure:
+    """One instance (or part) that was not stored."""
+
+    reason: int  #: PS3.18 Table I.2-2 Failure Reason
+    message: str
+    sop_class_uid: str = ""
+    sop_uid: str = ""
+
+
+@dataclass
+class Outcome:
+    """What happened to each part of one STOW-RS request."""
+
+    stored: list[StoreResult] = field(default_factory=list)
+    failed: list[Failure] = field(default_factory=list)
+    #: The body itself was malformed or ended early (as opposed to an instance refused).
+    body_error: str = ""
+
+    def fail(
+        self, exc: BaseException, message: str | None = None, reason: int | None = None
+    ) -> None:
+        self.failed.append(
+            Failure(
+                reason if reason is not None else errors.failure_reason(exc),
+                message or str(exc),
+                getattr(exc, "sop_class_uid", ""),
+                getattr(exc, "sop_uid", ""),
+            )
+        )
+
+
+def _archive() -> Archive:
+    return current_app.extensions["archive"]
+
+
+def _origin() -> Origin:
+    """Provenance of the instances of this request: peer address and user."""
+    user = request.environ.get("REMOTE_USER") or ""
+    if not user and request.authorization is not None:
+        user = request.authorization.username or ""
+    return Origin(
+        "STOW-RS",
+        address=f"{request.remote_addr or ''}:{request.environ.get('REMOTE_PORT', '')}",
+        user=user or request.user_agent.string,
+    )
+
+
+def _check_uid(value: str | None, name: str) -> None:
+    if value is not None and not is_valid_uid(value):
+        raise BadRequest(
+            f"{name} {value[:80]!r} in the URL is not a valid UID: PS3.5 9.1 allows at most "
+            "64 characters, digits in dot-separated components without leading zeros"
+        )
+
+
+# -- store ---------------------------------------------------------------------------
+
+
+@blueprint.post("/studies")
+@blueprint.post("/studies/<study>")
+def store(study: str | None = None) -> Response:
+    """Store Instances (PS3.18 10.5.1); ``study`` restricts them to one study."""
+    _check_uid(study, "StudyInstanceUID")
+    media_type, options = parse_content_type(request.headers.get("Content-Type", ""))
+    outcome = Outcome()
+    if media_type == "multipart/related":
+        root_type = options.get("type", "").strip().lower()
+        if root_type == DICOM_JSON:
+            raise UnsupportedMediaType(
+                "this server stores only Part 10 instances: send multipart/related; "
+                'type="application/dicom" (the DICOM JSON + bulk data form of PS3.18 '
+                "10.5.1.2 is not supported)"
+            )
+        if root_type not in ("", DICOM):
+            raise UnsupportedMediaType(
+                f'multipart/related type "{root_type}" is not supported; STOW-RS parts must be '
+                '"application/dicom" (PS3.18 10.5.1.2)'
+            )
+        boundary = options.get("boundary", "")
+        if not boundary:
+            raise BadRequest(
+                "the Content-Type multipart/related has no boundary parameter (RFC 2046 5.1.1)"
+            )
+        try:
+            reader = MultipartReader(request.stream, boundary)
+        except MultipartError as exc:
+            raise BadRequest(str(exc)) from exc
+        _store_parts(reader, study, outcome)
+    elif media_type == DICOM:
+        # One bare Part 10 instance as the whole body: not in PS3.18's STOW-RS, which
+        # asks for multipart/related, but sent by some tools (the Microsoft DICOM service
+        # accepts it too); it costs nothing to take.
+        _store_one(request.stream, study, outcome)
+    else:
+        raise UnsupportedMediaType(
+            f'Content-Type "{media_type or "(none)"}" is not supported: STOW-RS takes '
+            'multipart/related; type="application/dicom" (PS3.18 10.5.1.2)'
+        )
+    return _response(outcome, study)
+
+
+def _store_parts(reader: MultipartReader, study: str | None, outcome: Outcome) -> None:
+    """Store every part; stop at the first framing error, keeping what was stored."""
+    parts = iter(reader)
+    while True:
+        try:
+            part = next(parts)
+        except StopIteration:
+            break
+        except (MultipartError, ClientDisconnected, OSError) as exc:
+            outcome.body_error = f"the request body is malformed: {exc}"
+            if reader.bytes_read and not isinstance(exc, MultipartError | ClientDisconnected):
+                log.warning("STOW-RS body unreadable: %s", exc)
+            break
+        if not _store_part(part, study, outcome):
+            break
+    if not outcome.stored and not outcome.failed and not outcome.body_error:
+        outcome.body_error = "the multipart/related body has no parts"
+
+
+def _store_part(part: Part, study: str | None, outcome: Outcome) -> bool:
+    """Store one part; ``False`` when the body cannot be read any further."""
+    media_type, _ = parse_content_type(part.headers.get("content-type", DICOM))
+    if media_type not in (DICOM, "application/octet-stream"):
+        outcome.failed.append(
+            Failure(
+                errors.CANNOT_UNDERSTAND,
+                f"part {part.index + 1} has Content-Type {media_type!r}; "
+                'STOW-RS parts of type="application/dicom" must be application/dicom',
+            )
+        )
+        return True
+    return _store_one(part.stream, study, outcome, f"part {part.index + 1}")
+
+
+class Part10Stream:
+    """``stream`` as a Part 10 file: the preamble and "DICM" prefix added when missing.
+
+    pydicom's ``dcmwrite`` of a data set without a ``preamble`` (as dicomweb-client's
+    ``store_instances`` sends it) writes the File Meta Information group without the
+    128-byte preamble and prefix of PS3.10 7.1.  When the body starts with a group 0002
+    element, the missing 132 bytes are supplied, so the archive stores a conformant
+    file; anything else passes through unchanged, and a data set without File Meta
+    Information is still refused by the archive.
+    """
+
+    def __init__(self, stream: Readable) -> None:
+        self._stream = stream
+        head = b""
+        while len(head) < 132:
+            chunk = stream.read(132 - len(head))
+            if not chunk:
+                break
+            head += chunk
+        if head[128:132] != b"DICM" and head[:2] == b"\x02\x00" and head[4:6].isalpha():
+            head = bytes(128) + b"DICM" + head
+        self._head = head
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._head:
+            if size is None or size < 0 or size >= len(self._head):
+                data, self._head = self._head, b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._stream.read(size)
+
+    def readable(self) -> bool:
+        return True
+
+
+def _store_one(
+    stream: Readable, study: str | None, outcome: Outcome, label: str = "the body"
+) -> bool:
+    """Store one instance read from ``stream``; ``False`` when the body broke off."""
+    try:
+        source = Part10Stream(stream)
+        outcome.stored.append(_archive().store(source, _origin(), expected_study_uid=study))  # type: ignore[arg-type]
+    except ArchiveError as exc:
+        outcome.fail(exc, f"{label}: {exc}")
+        if isinstance(stream, PartReader):
+            try:
+                stream.drain()  # the archive may have stopped reading early (size limit)
+            except (MultipartError, ClientDisconnected, OSError) as drain_error:
+                outcome.body_error = f"the request body is malformed: {drain_error}"
+                return False
+    except (MultipartError, ClientDisconnected) as exc:
+        outcome.fail(
+            exc,
+            f"{label} is incomplete, nothing of it was stored: {exc}",
+            errors.PROCESSING_FAILURE,
+        )
+        outcome.body_error = f"the request body broke off in {label}"
+        return False
+    except Exception as exc:  # the safety net per instance: log, report, go on
+        log.exception("STOW-RS: storing %s failed unexpectedly", label)
+        outcome.fail(
+            exc,
+            f"{label}: internal error ({type(exc).__name__}); the server log has the details",
+            errors.PROCESSING_FAILURE,
+        )
+        return not isinstance(exc, OSError)
+    return True
+
+
+# -- response ------------------------------------------------------------------------
+
+
+def _us(value: int) -> dict[str, Any]:
+    return {"vr": "US", "Value": [value]}
+
+
+def _ui(value: str) -> dict[str, Any]:
+    return {"vr": "UI", "Value": [value]}
+
+
+def _warning_reason(result: StoreResult) -> int | None:
+    if result.status is StoreStatus.DUPLICATE:
+        return errors.WARNING_DUPLICATE_KEPT
+    if result.warnings:
+        return errors.WARNING_DOES_NOT_MATCH_SOP_CLASS
+    return None
+
+
+def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
+    """The Store Instances Response Module (PS3.18 Table I.1-1) as DICOM JSON."""
+    dataset: dict[str, Any] = {}
+    studies = {r.study_uid for r in outcome.stored}
+    study_url = {"vr": "UR"}  # Type 2: empty unless the instances are of one study
+    if len(studies) == 1:
+        study_url["Value"] = [f"{base}/studies/{studies.pop()}"]  # type: ignore[assignment]
+    dataset["00081190"] = study_url
+    if outcome.failed:
+        items = []
+        for failure in outcome.failed:
+            item: dict[str, Any] = {}
+            if failure.sop_class_uid:
+                item["00081150"] = _ui(failure.sop_class_uid)
+            if failure.sop_uid:
+                item["00081155"] = _ui(failure.sop_uid)
+            item["00081197"] = _us(failure.reason)
+            items.append(item)
+        dataset["00081198"] = {"vr": "SQ", "Value": items}
+    if outcome.stored:
+        items = []
+        for result in outcome.stored:
+            url = (
+                f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
+                f"/instances/{result.sop_uid}"
+            )
+            item = {
+                "00081150": _ui(result.sop_class_uid),
+                "00081155": _ui(result.sop_uid),
+                "00081190": {"vr": "UR", "Value": [url]},
+            }
+            warning = _warning_reason(result)
+            if warning is not None:
+                item["00081196"] = _us(warning)
+            items.append(item)
+        dataset["00081199"] = {"vr": "SQ", "Value": items}
+    return dataset
+
+
+def status_code(outcome: Outcome) -> int:
+    """HTTP status per PS3.18 Table 10.5.3-1."""
+    if outcome.stored:
+        warned = any(_warning_reason(r) is not None for r in outcome.stored)
+        return 202 if outcome.failed or warned or outcome.body_error else 200
+    understood = {errors.CANNOT_UNDERSTAND}
+    if outcome.body_error or all(f.reason in understood for f in outcome.failed):
+        return 400  # "unable to store any Instances due to bad syntax"
+    return 409  # "... due to a conflict in the request", or a mixture of reasons
+
+
+def _warning_headers(messages: Iterable[str]) -> list[tuple[str, str]]:
+    headers = []
+    for message in list(messages)[:MAX_WARNING_HEADERS]:
+        text = " ".join(message.split()).replace("\\", "/").replace('"', "'")
+        text = text.encode("ascii", "replace").decode("ascii")[:500]
+        headers.append(("Warning", f'299 - "{text}"'))
+    return headers
+
+
+def _response(outcome: Outcome, study: str | None) -> Response:
+    status = status_code(outcome)
+    messages = [f.message for f in outcome.failed]
+    if outcome.body_error and outcome.body_error not in messages:
+        messages.append(outcome.body_error)
+    for result in outcome.stored:
+        if result.status is StoreStatus.DUPLICATE:
+            messages.append(
+                f"SOP Instance {result.sop_uid} was stored already; the stored "
+                "copy was kept (ingest.duplicate_policy = keep)"
+            )
+        messages.extend(f"{result.sop_uid}: {w}" for w in result.warnings)
+    if messages:
+        log.info(
+            "STOW-RS %s: %d stored, %d failed: %s",
+            request.path,
+            len(outcome.stored),
+            len(outcome.failed),
+            "; ".join(messages[:MAX_WARNING_HEADERS]),
+        )
+    body = json.dumps(response_dataset(outcome, base_url()))
+    response = Response(body, status=status, mimetype=DICOM_JSON)
+    for name, value in _warning_headers(messages):
+        response.headers.add(name, value)
+    return response
+
+
+# -- delete --------------------------------------------------------------------------
+
+
+@blueprint.delete("/studies/<study>")
+@blueprint.delete("/studies/<study>/series/<series>")
+@blueprint.delete("/studies/<study>/series/<series>/instances/<instance>")
+def delete(study: str, series: str | None = None, instance: str | None = None) -> Response:
+    """Delete a study, series or instance: files and index rows, aggregates updated.
+
+    204 No Content when something was deleted; :class:`~..archive.NotFound` (404) when
+    nothing matches; 400 for a malformed UID.
+    """
+    _check_uid(study, "StudyInstanceUID")
+    _check_uid(series, "SeriesInstanceUID")
+    _check_uid(instance, "SOPInstanceUID")
+    count = _archive().delete(study, series, instance)
+    log.info("DELETE %s removed %d instances (client %s)", request.path, count, _origin().address)
+    return Response(status=204)

@@ -1,0 +1,286 @@
+"""Streaming reader of ``multipart/related`` request bodies (RFC 2387, RFC 2046 5.1.1).
+
+STOW-RS (PS3.18 10.5.1) sends instances as the parts of one ``multipart/related`` body;
+a study can be gigabytes.  This reader never holds more than one chunk plus one
+delimiter in memory: each part is handed out as a file-like :class:`PartReader` whose
+``read`` returns the part's bytes straight from the request stream and ``b""`` at the
+part's delimiter, so :meth:`Archive.store` copies the part to its temporary file with no
+intermediate copy.
+
+The shape follows Werkzeug's sans-I/O multipart decoder (bounded buffer, delimiter that
+may straddle chunks), but it does no form-data handling: STOW-RS parts normally carry
+only ``Content-Type`` (and ``Content-Location`` for bulk data), no
+``Content-Disposition``.  The reader is independent of Flask and Werkzeug; it reads any
+object with a ``read(size)`` method.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+#: Bytes read from the request stream at a time.
+CHUNK = 1 << 20
+#: Largest header block of one part; STOW-RS part headers are a few lines.
+MAX_HEADER_SIZE = 16 * 1024
+
+
+class Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+class MultipartError(ValueError):
+    """The body is not a well-formed ``multipart/related`` entity (RFC 2046 5.1.1)."""
+
+
+class TruncatedBody(MultipartError):
+    """The body ended inside a part, before its closing delimiter."""
+
+
+@dataclass(frozen=True)
+class Part:
+    """One body part: its header fields (names lower-cased) and a reader of its content."""
+
+    headers: dict[str, str]
+    stream: PartReader
+    index: int  #: 0 for the first part
+
+    @property
+    def content_type(self) -> str:
+        """The part's Content-Type; RFC 2046 5.1.1: ``text/plain`` when absent."""
+        return self.headers.get("content-type", "text/plain")
+
+
+class MultipartReader:
+    """Iterate over the parts of a ``multipart/related`` body read from ``stream``.
+
+    Parts must be read in order: asking for the next part skips what is left of the
+    current one.  Errors in the framing raise :class:`MultipartError`; a body that ends
+    inside a part raises :class:`TruncatedBody` from that part's ``read``, after every
+    byte that did arrive was returned.
+
+    Parameters
+    ----------
+    stream
+        The raw body, e.g. Werkzeug's ``request.stream`` (already de-chunked).
+    boundary
+        The ``boundary`` parameter of the Content-Type, without quotes.
+    chunk_size
+        Bytes read from ``stream`` at a time.
+    """
+
+    def __init__(self, stream: Readable, boundary: str | bytes, chunk_size: int = CHUNK) -> None:
+        if isinstance(boundary, str):
+            boundary = boundary.encode("latin-1")
+        if not 1 <= len(boundary) <= 70:  # RFC 2046 5.1.1: 1 to 70 characters
+            raise MultipartError(f"the boundary must be 1 to 70 characters, got {len(boundary)}")
+        self._stream = stream
+        self._chunk_size = chunk_size
+        # A delimiter is CRLF "--" boundary; the CRLF belongs to the delimiter, not to
+        # the part before it.  Starting the buffer with CRLF lets the first delimiter,
+        # which may open the body without a preceding CRLF, match the same pattern.
+        self._delimiter = b"\r\n--" + boundary
+        self._buffer = bytearray(b"\r\n")
+        self._eof = False
+        self._finished = False
+        self._current: PartReader | None = None
+        self.bytes_read = 0
+
+    # -- buffer management ---------------------------------------------------------
+
+    def _fill(self) -> bool:
+        """Append one chunk of the stream to the buffer; ``False`` at the end of it."""
+        if self._eof:
+            return False
+        chunk = self._stream.read(self._chunk_size)
+        if not chunk:
+            self._eof = True
+            return False
+        self.bytes_read += len(chunk)
+        self._buffer += chunk
+        return True
+
+    def _read_part_data(self, size: int) -> tuple[bytes, bool]:
+        """Up to ``size`` bytes of the current part, and whether the part ended."""
+        delimiter = self._delimiter
+        while True:
+            index = self._buffer.find(delimiter)
+            if index >= 0:
+                take = min(index, size)
+                data = bytes(self._buffer[:take])
+                del self._buffer[:take]
+                if take == index:
+                    del self._buffer[: len(delimiter)]
+                    return data, True
+                return data, False
+            # Everything but a possible start of the delimiter at the end is safe to return.
+            safe = len(self._buffer) - (len(delimiter) - 1)
+            if safe >= size or (safe > 0 and self._eof):
+                take = min(safe, size)
+                data = bytes(self._buffer[:take])
+                del self._buffer[:take]
+                return data, False
+            if not self._fill():
+                if self._buffer:
+                    data = bytes(self._buffer[:size])
+                    del self._buffer[: len(data)]
+                    return data, False
+                raise TruncatedBody(
+                    "the request body ended inside a part, before the closing boundary "
+                    "delimiter (RFC 2046 5.1.1); was the upload interrupted?"
+                )
+
+    def _after_delimiter(self) -> bool:
+        """Consume what follows a delimiter; ``True`` when another part follows."""
+        while len(self._buffer) < 2 and self._fill():
+            pass
+        if self._buffer[:2] == b"--":  # close-delimiter: the epilogue is ignored
+            self._finished = True
+            return False
+        # Transport padding (linear white space), then CRLF.
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                padding = bytes(self._buffer[:end]).rstrip(b"\r")
+                if padding.strip(b" \t"):
+                    raise MultipartError(
+                        "unexpected characters after a boundary delimiter: "
+                        f"{padding[:40]!r} (RFC 2046 5.1.1)"
+                    )
+                del self._buffer[: end + 1]
+                return True
+            if len(self._buffer) > 1024:
+                raise MultipartError("a boundary delimiter line is longer than 1024 bytes")
+            if not self._fill():
+                raise TruncatedBody("the request body ended right after a boundary delimiter")
+
+    def _read_headers(self) -> dict[str, str]:
+        while True:
+            if self._buffer[:2] == b"\r\n":  # a part without header fields
+                del self._buffer[:2]
+                return {}
+            end = self._buffer.find(b"\r\n\r\n", 0, MAX_HEADER_SIZE + 4)
+            if end >= 0:
+                block = bytes(self._buffer[:end])
+                del self._buffer[: end + 4]
+                return _parse_headers(block)
+            if len(self._buffer) > MAX_HEADER_SIZE:
+                raise MultipartError(f"part header fields exceed {MAX_HEADER_SIZE} bytes")
+            if not self._fill():
+                raise TruncatedBody("the request body ended inside a part's header fields")
+
+    # -- public interface ----------------------------------------------------------
+
+    def __iter__(self) -> Iterator[Part]:
+        return self.parts()
+
+    def parts(self) -> Iterator[Part]:
+        """Yield each part in turn; the previous part is skipped if not read to its end."""
+        # The preamble, up to the first delimiter, is ignored (RFC 2046 5.1.1).
+        try:
+            self._read_part_data_until_end()
+        except TruncatedBody:
+            raise MultipartError(
+                "no boundary delimiter found in the request body; does the boundary "
+                "parameter of the Content-Type match the body?"
+            ) from None
+        index = 0
+        while self._after_delimiter():
+            part = Part(self._read_headers(), PartReader(self), index)
+            self._current = part.stream
+            yield part
+            part.stream.drain()
+            index += 1
+
+    @property
+    def finished(self) -> bool:
+        """Whether the close-delimiter was seen."""
+        return self._finished
+
+    def _read_part_data_until_end(self) -> None:
+        while True:
+            _, ended = self._read_part_data(self._chunk_size)
+            if ended:
+                return
+
+
+class PartReader:
+    """File-like reader of one part's content, straight from the request stream."""
+
+    def __init__(self, reader: MultipartReader) -> None:
+        self._reader = reader
+        self._ended = False
+        self.size = 0
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Up to ``size`` bytes (a whole chunk when ``size`` is negative); ``b""`` at the end.
+
+        Raises :class:`TruncatedBody` when the body ends before the part's delimiter.
+        """
+        if self._ended:
+            return b""
+        if size is None or size < 0:
+            size = self._reader._chunk_size
+        while True:
+            data, ended = self._reader._read_part_data(size)
+            if ended:
+                self._ended = True
+            self.size += len(data)
+            if data or self._ended:
+                return data
+
+    def readable(self) -> bool:
+        return True
+
+    def drain(self) -> None:
+        """Skip the rest of the part."""
+        while self.read(self._reader._chunk_size):
+            pass
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+
+def parse_content_type(value: str) -> tuple[str, dict[str, str]]:
+    """Media type (lower-cased) and parameters (names lower-cased) of a Content-Type.
+
+    More lenient than RFC 2045 5.1: a parameter value may be quoted or not even when it
+    holds ``/`` (``type=application/dicom``, as many STOW-RS clients send it).
+    """
+    pieces, current, quoted = [], [], False
+    for char in value:
+        if char == '"':
+            quoted = not quoted
+        if char == ";" and not quoted:
+            pieces.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    pieces.append("".join(current))
+    params: dict[str, str] = {}
+    for piece in pieces[1:]:
+        name, _, raw = piece.partition("=")
+        raw = raw.strip()
+        if len(raw) >= 2 and raw[0] == raw[-1] == '"':
+            raw = raw[1:-1].replace('\\"', '"')
+        if name.strip():
+            params[name.strip().lower()] = raw
+    return pieces[0].strip().lower(), params
+
+
+def _parse_headers(block: bytes) -> dict[str, str]:
+    """Header fields of a part (RFC 5322 syntax; folded lines joined), names lower-cased."""
+    headers: dict[str, str] = {}
+    name = ""
+    for raw in block.decode("latin-1").split("\r\n"):
+        if raw[:1] in (" ", "\t") and name:  # obsolete line folding
+            headers[name] = (headers[name] + " " + raw.strip()).strip()
+            continue
+        name, colon, value = raw.partition(":")
+        if not colon:
+            raise MultipartError(f"malformed part header line {raw[:80]!r}")
+        name = name.strip().lower()
+        headers[name] = value.strip()
+    return headers

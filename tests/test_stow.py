@@ -1,0 +1,346 @@
+"""STOW-RS over a real socket: dicomweb-client, raw requests, chunked and large uploads."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from pydicom import Dataset, dcmread
+from pydicom.uid import JPEG2000Lossless, RLELossless
+
+from dicomweb_server.archive import Archive, NotFound
+from dicomweb_server.config import Settings
+from tests.conftest import WebServer, make_settings
+from tests.factory import make_instance, make_series, to_bytes, uid
+from tests.large_stream import LargeInstance
+
+DICOM_JSON = "application/dicom+json"
+
+
+def multipart(
+    parts: list[bytes], boundary: str = "xBOUNDARYx", part_type: str = "application/dicom"
+) -> bytes:
+    out = bytearray()
+    for part in parts:
+        out += f"--{boundary}\r\nContent-Type: {part_type}\r\n\r\n".encode() + part + b"\r\n"
+    out += f"--{boundary}--\r\n".encode()
+    return bytes(out)
+
+
+def content_type(
+    boundary: str = "xBOUNDARYx", quoted: bool = True, part_type: str | None = "application/dicom"
+) -> str:
+    b = f'"{boundary}"' if quoted else boundary
+    t = "" if part_type is None else (f'; type="{part_type}"' if quoted else f"; type={part_type}")
+    return f"multipart/related{t}; boundary={b}"
+
+
+def post(
+    web: WebServer, data: object, ctype: str, path: str = "/studies", **headers: str
+) -> requests.Response:
+    return requests.post(
+        web.url + path, data=data, headers={"Content-Type": ctype, **headers}, timeout=60
+    )
+
+
+def stored_uids(archive: Archive, study: str) -> set[str]:
+    try:
+        return {i.sop_uid for i in archive.instances(study)}
+    except NotFound:
+        return set()
+
+
+def failures(body: dict) -> list[tuple[str, int]]:
+    return [
+        (item.get("00081155", {}).get("Value", [""])[0], item["00081197"]["Value"][0])
+        for item in body.get("00081198", {}).get("Value", [])
+    ]
+
+
+# -- dicomweb-client ---------------------------------------------------------------
+
+
+def test_dicomweb_client_store_single_and_many(dicomweb, web: WebServer, archive: Archive) -> None:  # type: ignore[no-untyped-def]
+    one = make_instance()
+    result = dicomweb.store_instances([one])
+    [item] = result.ReferencedSOPSequence
+    assert item.ReferencedSOPInstanceUID == one.SOPInstanceUID
+    assert item.ReferencedSOPClassUID == one.SOPClassUID
+    # dicomweb-client sends "Host: 127.0.0.1" without the port, so compare paths only.
+    assert item.RetrieveURL.endswith(
+        f"/dicom-web/studies/{one.StudyInstanceUID}/series/{one.SeriesInstanceUID}"
+        f"/instances/{one.SOPInstanceUID}"
+    )
+    assert result.RetrieveURL.endswith(f"/dicom-web/studies/{one.StudyInstanceUID}")
+    assert "FailedSOPSequence" not in result
+
+    series = make_series(5)
+    result = dicomweb.store_instances(series)
+    assert len(result.ReferencedSOPSequence) == 5
+    assert stored_uids(archive, series[0].StudyInstanceUID) == {d.SOPInstanceUID for d in series}
+
+
+def test_dicomweb_client_store_compressed_instances(dicomweb, archive: Archive) -> None:  # type: ignore[no-untyped-def]
+    study = uid()
+    instances = [
+        make_instance(study_uid=study, frames=2, rows=32, columns=32, transfer_syntax=RLELossless),
+        make_instance(study_uid=study, rows=32, columns=32, transfer_syntax=JPEG2000Lossless),
+    ]
+    result = dicomweb.store_instances(instances, study_instance_uid=study)
+    assert len(result.ReferencedSOPSequence) == 2
+    by_uid = {i.sop_uid: i for i in archive.instances(study)}
+    for ds in instances:
+        stored = by_uid[ds.SOPInstanceUID]
+        assert stored.transfer_syntax_uid == ds.file_meta.TransferSyntaxUID
+        # The preamble dicomweb-client leaves out was added; the data set is as sent.
+        assert dcmread(archive.path(stored)).PixelData == ds.PixelData
+
+
+# -- media types and framing -------------------------------------------------------
+
+
+@pytest.mark.parametrize("quoted", [True, False])
+def test_boundary_and_type_quoted_or_not(web: WebServer, archive: Archive, quoted: bool) -> None:
+    ds = make_instance()
+    # RFC 2046 allows ':' and '=' in a boundary only when quoted.
+    boundary = "a:b=c ?x" if quoted else "plain_B0undary.1"
+    response = post(web, multipart([to_bytes(ds)], boundary), content_type(boundary, quoted))
+    assert response.status_code == 200, response.text
+    assert response.headers["Content-Type"] == DICOM_JSON
+    assert stored_uids(archive, ds.StudyInstanceUID) == {ds.SOPInstanceUID}
+
+
+def test_missing_type_parameter_is_accepted(web: WebServer, archive: Archive) -> None:
+    ds = make_instance()
+    response = post(web, multipart([to_bytes(ds)]), content_type(part_type=None))
+    assert response.status_code == 200, response.text
+
+
+def test_single_application_dicom_body(web: WebServer, archive: Archive) -> None:
+    ds = make_instance()
+    response = post(web, to_bytes(ds), "application/dicom")
+    assert response.status_code == 200, response.text
+    assert stored_uids(archive, ds.StudyInstanceUID) == {ds.SOPInstanceUID}
+
+
+@pytest.mark.parametrize(
+    "ctype",
+    ["application/json", "text/plain", 'multipart/related; type="image/jpeg"; boundary=x', ""],
+)
+def test_unsupported_media_type_is_415(web: WebServer, ctype: str) -> None:
+    response = post(web, multipart([b"x"], "x"), ctype)
+    assert response.status_code == 415
+    assert "error" in response.json() and "multipart/related" in response.json()["error"]
+
+
+def test_malformed_bodies_are_400(web: WebServer) -> None:
+    response = post(web, b"no parts", 'multipart/related; type="application/dicom"')
+    assert response.status_code == 400 and "boundary" in response.json()["error"]
+    response = post(web, b"not multipart at all", content_type())
+    assert response.status_code == 400
+    assert "no boundary delimiter" in response.headers["Warning"]
+    response = post(web, b"--xBOUNDARYx--\r\n", content_type())
+    assert response.status_code == 400 and "no parts" in response.headers["Warning"]
+
+
+def test_chunked_upload_of_several_instances(web: WebServer, archive: Archive) -> None:
+    series = make_series(3)
+    body = multipart([to_bytes(d) for d in series])
+
+    def generate() -> Iterator[bytes]:  # requests sends a generator with chunked encoding
+        for start in range(0, len(body), 333):
+            yield body[start : start + 333]
+
+    response = post(web, generate(), content_type())
+    assert response.status_code == 200, response.text
+    assert response.request.headers.get("Transfer-Encoding") == "chunked"
+    assert stored_uids(archive, series[0].StudyInstanceUID) == {d.SOPInstanceUID for d in series}
+
+
+# -- per-instance failures -----------------------------------------------------------
+
+
+def test_bare_dataset_without_part10_header_is_refused(web: WebServer, archive: Archive) -> None:
+    ds = make_instance()
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=False, implicit_vr=False, little_endian=True)
+    bare = buffer.getvalue()
+    bare = bare[132:] if bare[128:132] == b"DICM" else bare
+    # Strip the File Meta group too: a raw data set as a C-STORE would carry it.
+    while bare[:2] == b"\x02\x00":
+        length = (
+            int.from_bytes(bare[6:8], "little")
+            if bare[4:6] not in (b"OB", b"UN")
+            else int.from_bytes(bare[8:12], "little")
+        )
+        bare = bare[(8 if bare[4:6] not in (b"OB", b"UN") else 12) + length :]
+    response = post(web, multipart([bare]), content_type())
+    assert response.status_code == 400
+    assert failures(response.json()) == [("", 0xC000)]
+    assert "Part 10" in response.headers["Warning"]
+    assert stored_uids(archive, ds.StudyInstanceUID) == set()
+
+
+def test_study_mismatch_fails_only_the_foreign_instance(web: WebServer, archive: Archive) -> None:
+    study = uid()
+    good = make_instance(study_uid=study)
+    foreign = make_instance()
+    response = post(
+        web, multipart([to_bytes(good), to_bytes(foreign)]), content_type(), f"/studies/{study}"
+    )
+    assert response.status_code == 202
+    body = response.json()
+    assert failures(body) == [(foreign.SOPInstanceUID, 0xC409)]
+    assert body["00081198"]["Value"][0]["00081150"]["Value"] == [foreign.SOPClassUID]
+    assert [i["00081155"]["Value"][0] for i in body["00081199"]["Value"]] == [good.SOPInstanceUID]
+    assert stored_uids(archive, study) == {good.SOPInstanceUID}
+    assert stored_uids(archive, foreign.StudyInstanceUID) == set()
+    assert "differs from the study" in response.headers["Warning"]
+
+    only_foreign = post(web, multipart([to_bytes(foreign)]), content_type(), f"/studies/{study}")
+    assert only_foreign.status_code == 409
+    assert only_foreign.json()["00081190"] == {"vr": "UR"}  # Type 2, no study stored
+
+
+def test_malformed_study_uid_in_url_is_400(web: WebServer) -> None:
+    response = post(web, multipart([b"x"]), content_type(), "/studies/1.02.abc")
+    assert response.status_code == 400 and "not a valid UID" in response.json()["error"]
+
+
+def test_non_dicom_part_fails_but_others_are_stored(web: WebServer, archive: Archive) -> None:
+    ds = make_instance()
+    response = post(web, multipart([b"garbage", to_bytes(ds)]), content_type())
+    assert response.status_code == 202
+    assert failures(response.json()) == [("", 0xC000)]
+    assert stored_uids(archive, ds.StudyInstanceUID) == {ds.SOPInstanceUID}
+
+
+def test_truncated_body_keeps_earlier_instances(web: WebServer, archive: Archive) -> None:
+    series = make_series(2)
+    first, second = (to_bytes(d) for d in series)
+    body = multipart([first, second])
+    truncated = body[: body.index(second) + len(second) // 2]
+    response = post(web, truncated, content_type())
+    assert response.status_code == 202
+    body_json = response.json()
+    assert [i["00081155"]["Value"][0] for i in body_json["00081199"]["Value"]] == [
+        series[0].SOPInstanceUID
+    ]
+    assert failures(body_json) == [("", 0x0110)]
+    assert "incomplete" in response.headers["Warning"]
+    assert stored_uids(archive, series[0].StudyInstanceUID) == {series[0].SOPInstanceUID}
+    # The stored one is intact and no temporary file is left behind.
+    [stored] = archive.instances(series[0].StudyInstanceUID)
+    assert archive.path(stored).read_bytes() == first
+    assert list((archive.storage.root / ".tmp").iterdir()) == []
+
+    only_partial = post(web, multipart([first])[: len(first) // 2], content_type())
+    assert only_partial.status_code == 400
+
+
+def _server(tmp_path: Path, database_url: str, policy: str) -> tuple[Settings, Archive, WebServer]:
+    settings = make_settings(tmp_path / policy, database_url, ingest={"duplicate_policy": policy})
+    archive = Archive(settings)
+    return settings, archive, WebServer(settings, archive)
+
+
+@pytest.mark.parametrize("policy", ["keep", "reject", "replace"])
+def test_duplicate_policy_is_visible_in_the_response(
+    tmp_path: Path, database_url: str, policy: str
+) -> None:
+    _, archive, web = _server(tmp_path, database_url, policy)
+    try:
+        ds = make_instance()
+        assert post(web, multipart([to_bytes(ds)]), content_type()).status_code == 200
+        changed = Dataset()
+        changed.update(ds)
+        changed.file_meta = ds.file_meta
+        changed.PatientName = "Changed^Name"
+        response = post(web, multipart([to_bytes(changed)]), content_type())
+        body = response.json()
+        [stored] = archive.instances(ds.StudyInstanceUID)
+        name = str(dcmread(archive.path(stored)).PatientName)
+        if policy == "keep":
+            assert response.status_code == 202
+            [item] = body["00081199"]["Value"]
+            assert item["00081196"] == {"vr": "US", "Value": [0xB111]}
+            assert "stored already" in response.headers["Warning"]
+            assert name == "Doe^John"
+        elif policy == "reject":
+            assert response.status_code == 409
+            assert failures(body) == [(ds.SOPInstanceUID, 0x0111)]
+            assert name == "Doe^John"
+        else:
+            assert response.status_code == 200
+            assert "00081196" not in body["00081199"]["Value"][0]
+            assert name == "Changed^Name"
+    finally:
+        web.stop()
+        archive.close()
+
+
+def test_instance_too_large_is_refused_with_out_of_resources(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path / "d", database_url, ingest={"max_instance_size": 4000})
+    archive = Archive(settings)
+    web = WebServer(settings, archive)
+    try:
+        small = make_instance(rows=4, columns=4)
+        big = make_instance(rows=64, columns=64, study_uid=small.StudyInstanceUID)
+        response = post(web, multipart([to_bytes(big), to_bytes(small)]), content_type())
+        assert response.status_code == 202
+        assert failures(response.json()) == [("", 0xA700)]
+        assert stored_uids(archive, small.StudyInstanceUID) == {small.SOPInstanceUID}
+    finally:
+        web.stop()
+        archive.close()
+
+
+# -- memory ---------------------------------------------------------------------------
+
+
+def _rss_peak_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _rss_kib() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_large_chunked_upload_in_bounded_memory(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "big", "", storage={"fsync": False})
+    archive = Archive(settings)
+    web = WebServer(settings, archive)
+    try:
+        large = LargeInstance(frames=400)  # 200 MiB of pixel data
+        boundary = uuid.uuid4().hex
+
+        def generate() -> Iterator[bytes]:
+            yield f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            while chunk := large.read(1 << 20):
+                yield chunk
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+        before = _rss_kib()
+        response = post(web, generate(), content_type(boundary))
+        growth_mib = (_rss_peak_kib() - before) / 1024
+        assert response.status_code == 200, response.text
+        [stored] = archive.instances(large.dataset.StudyInstanceUID)
+        assert stored.size == large.size
+        assert stored.number_of_frames == 400
+        assert growth_mib < 100, f"RSS grew by {growth_mib:.0f} MiB during a 200 MiB upload"
+    finally:
+        web.stop()
+        archive.close()
