@@ -1,7 +1,10 @@
-"""The DIMSE front: a pynetdicom listener over the archive core (placeholder)."""
+"""The DIMSE front: a pynetdicom listener over the archive core.
 
-from dicomweb_server.config import Settings
+A thin adapter, like ``dicomweb_server/web``: every service (C-ECHO, C-STORE, C-FIND,
+C-MOVE, C-GET) translates its request into one archive call and the archive's answer or
+error into a PS3.4 status (:mod:`.status`).
+"""
 
+from .server import ServerHandle, serve_forever, start
 
-def serve_forever(settings: Settings) -> None:
-    raise NotImplementedError
+__all__ = ["ServerHandle", "serve_forever", "start"]

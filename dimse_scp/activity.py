@@ -1,0 +1,82 @@
+"""What each association did, logged as one structured line when it closes.
+
+A site admin reading the log sees, per peer connection, who called, from where, which
+operations ran, how many instances came in or went out and how long it took, without
+pynetdicom's per-PDU chatter.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pynetdicom.association import Association
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AssociationStats:
+    """Counters of one association; only its own thread updates them."""
+
+    address: str
+    started: float = field(default_factory=time.monotonic)
+    operations: Counter[str] = field(default_factory=Counter)
+    stored: int = 0
+    store_failed: int = 0
+    sent: int = 0
+
+
+class Activity:
+    """The statistics of every open association of one server, keyed by association."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[int, AssociationStats] = {}
+
+    def opened(self, assoc: Association, address: str) -> None:
+        with self._lock:
+            self._open[id(assoc)] = AssociationStats(address)
+
+    def stats(self, assoc: Association) -> AssociationStats:
+        """The counters of ``assoc`` (a fresh, unregistered set if it is unknown)."""
+        with self._lock:
+            found = self._open.get(id(assoc))
+        return found if found is not None else AssociationStats(address="")
+
+    def closed(self, assoc: Association) -> None:
+        """Log the association's one summary line and forget it."""
+        with self._lock:
+            stats = self._open.pop(id(assoc), None)
+        if stats is None:
+            return
+        requestor = assoc.requestor
+        log.info(
+            "association",
+            extra={
+                "calling_ae": (requestor.ae_title or "").strip(),
+                "called_ae": (assoc.acceptor.ae_title or "").strip(),
+                "address": stats.address,
+                "outcome": _outcome(assoc),
+                "operations": dict(stats.operations),
+                "stored": stats.stored,
+                "store_failed": stats.store_failed,
+                "sent": stats.sent,
+                "duration_ms": round((time.monotonic() - stats.started) * 1000, 1),
+            },
+        )
+
+
+def _outcome(assoc: Association) -> str:
+    if assoc.is_rejected:
+        return "rejected"
+    if assoc.is_aborted:
+        return "aborted"
+    if assoc.is_released:
+        return "released"
+    return "closed"

@@ -1,0 +1,190 @@
+"""Identifiers in and out: a C-FIND/C-MOVE/C-GET request Identifier as a :class:`Query`,
+and a DICOM JSON match as the C-FIND response Identifier.
+
+PS3.4 C.4.1.1.3 gives the shape of both: the request holds the Query/Retrieve Level,
+match keys with values and return keys left empty; each response holds exactly the
+requested keys (PS3.4 C.4.1.1.3.2), with Specific Character Set when a value needs more
+than the default repertoire (PS3.4 C.4.1.1.3.2 and PS3.5 6.1.2.3: we answer in UTF-8,
+"ISO_IR 192").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydicom.datadict import dictionary_VR
+from pydicom.dataelem import DataElement
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.tag import BaseTag, Tag
+from pydicom.uid import UID
+from pynetdicom import sop_class
+
+from dicomweb_server.archive import InvalidQuery, Level, Query
+
+QUERY_RETRIEVE_LEVEL = Tag(0x0008, 0x0052)
+SPECIFIC_CHARACTER_SET = Tag(0x0008, 0x0005)
+STUDY_UID = Tag(0x0020, 0x000D)
+SERIES_UID = Tag(0x0020, 0x000E)
+UTF8 = "ISO_IR 192"
+
+PATIENT_ROOT = "PATIENT_ROOT"
+STUDY_ROOT = "STUDY_ROOT"
+
+#: Information model of each Query/Retrieve SOP Class we serve (PS3.4 C.6.1 and C.6.2).
+MODELS: dict[str, str] = {
+    sop_class.PatientRootQueryRetrieveInformationModelFind: PATIENT_ROOT,
+    sop_class.PatientRootQueryRetrieveInformationModelMove: PATIENT_ROOT,
+    sop_class.PatientRootQueryRetrieveInformationModelGet: PATIENT_ROOT,
+    sop_class.StudyRootQueryRetrieveInformationModelFind: STUDY_ROOT,
+    sop_class.StudyRootQueryRetrieveInformationModelMove: STUDY_ROOT,
+    sop_class.StudyRootQueryRetrieveInformationModelGet: STUDY_ROOT,
+}
+
+#: PS3.4 C.6.1.1 (Patient Root: four levels) and C.6.2.1 (Study Root: no PATIENT level).
+LEVELS: dict[str, tuple[Level, ...]] = {
+    PATIENT_ROOT: (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE),
+    STUDY_ROOT: (Level.STUDY, Level.SERIES, Level.IMAGE),
+}
+
+_SKIPPED = {QUERY_RETRIEVE_LEVEL, SPECIFIC_CHARACTER_SET}
+
+
+def model_of(sop_class_uid: str) -> str:
+    try:
+        return MODELS[str(sop_class_uid).rstrip("\0 ")]
+    except KeyError:
+        raise InvalidQuery(
+            f"{sop_class_uid} is not a Query/Retrieve SOP Class served here"
+        ) from None
+
+
+def level_of(identifier: Dataset, model: str) -> Level:
+    """The Query/Retrieve Level (0008,0052), checked against the information model."""
+    text = str(identifier.get("QueryRetrieveLevel", "") or "").strip().upper()
+    allowed = LEVELS[model]
+    if text not in {level.value for level in allowed}:
+        names = ", ".join(level.value for level in allowed)
+        raise InvalidQuery(f"QueryRetrieveLevel {text!r} is not one of {names}")
+    return Level(text)
+
+
+def dicom_string(element: DataElement) -> str:
+    """An element's value the way it travels in a match key: values joined by ``\\``."""
+    value = element.value
+    if value is None or isinstance(value, bytes | bytearray):
+        return ""
+    if isinstance(value, MultiValue | list | tuple):
+        return "\\".join("" if v is None else str(v) for v in value)
+    return str(value)
+
+
+def _single_uid(element: DataElement | None) -> str | None:
+    """The UID of a single-value UID match key, else ``None`` (list, wildcard, empty)."""
+    if element is None:
+        return None
+    text = dicom_string(element).strip("\0 ")
+    if not text or "\\" in text or "*" in text or "?" in text:
+        return None
+    return text
+
+
+def to_query(identifier: Dataset, model: str) -> Query:
+    """The archive query asked by a C-FIND request Identifier.
+
+    Keys with a value are match keys, empty keys are return keys (PS3.4 C.2.2.1);
+    sequence match keys become ``"Sequence.Keyword"`` filters.  A single
+    StudyInstanceUID below the STUDY level (and SeriesInstanceUID below SERIES) scopes
+    the search, as the hierarchical model of PS3.4 C.4.1.3.1 requires.
+    """
+    level = level_of(identifier, model)
+    filters: dict[str, str] = {}
+    return_keys: list[str] = []
+    study_uid = series_uid = None
+    if level in (Level.SERIES, Level.IMAGE):
+        study_uid = _single_uid(identifier.get(STUDY_UID))
+    if level is Level.IMAGE:
+        series_uid = _single_uid(identifier.get(SERIES_UID))
+    for element in identifier:
+        tag = element.tag
+        if tag in _SKIPPED or tag.group in (0x0000, 0x0002) or tag.is_private:
+            continue
+        keyword = element.keyword
+        if not keyword:
+            continue
+        if (tag == STUDY_UID and study_uid) or (tag == SERIES_UID and series_uid):
+            continue
+        if element.VR == "SQ":
+            return_keys.append(keyword)
+            for item in element.value or []:
+                for sub in item:
+                    if sub.keyword and not sub.is_empty and sub.VR != "SQ":
+                        filters[f"{keyword}.{sub.keyword}"] = dicom_string(sub)
+                break  # PS3.4 C.2.2.1.3: a sequence match key holds a single item
+            continue
+        if element.is_empty:
+            return_keys.append(keyword)
+        else:
+            filters[keyword] = dicom_string(element)
+    return Query(
+        level=level,
+        filters=filters,
+        return_keys=return_keys,
+        study_uid=study_uid,
+        series_uid=series_uid,
+    )
+
+
+def _scoped_value(tag: BaseTag, query: Query) -> str | None:
+    if tag == STUDY_UID:
+        return query.study_uid
+    if tag == SERIES_UID:
+        return query.series_uid
+    return None
+
+
+def to_response(match: Mapping[str, Any], identifier: Dataset, query: Query) -> Dataset:
+    """The C-FIND response Identifier for one match: exactly the requested keys.
+
+    Keys the match lacks are returned empty (PS3.4 C.4.1.1.3.2: a return key without a
+    value in the archive is sent zero length).
+    """
+    response = Dataset()
+    for element in identifier:
+        tag = element.tag
+        if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
+            continue
+        if tag == QUERY_RETRIEVE_LEVEL:
+            response.QueryRetrieveLevel = query.level.value
+            continue
+        key = f"{int(tag):08X}"
+        if key in match:
+            response[tag] = Dataset.from_json({key: match[key]})[tag]
+            continue
+        scoped = _scoped_value(tag, query)
+        if scoped is not None:
+            response[tag] = DataElement(tag, "UI", UID(scoped))
+            continue
+        vr = element.VR
+        if vr in ("UN", None):
+            try:
+                vr = dictionary_VR(tag)
+            except KeyError:
+                vr = "UN"
+        response[tag] = DataElement(tag, vr, [] if vr == "SQ" else None)
+    if _needs_utf8(response):
+        response.SpecificCharacterSet = UTF8
+    return response
+
+
+def _needs_utf8(ds: Dataset) -> bool:
+    for element in ds:
+        if element.VR == "SQ":
+            if any(_needs_utf8(item) for item in element.value or []):
+                return True
+            continue
+        text = dicom_string(element)
+        if not text.isascii():
+            return True
+    return False

@@ -1,0 +1,48 @@
+"""C-FIND SCP (PS3.4 C.4.1): Patient Root and Study Root, answered by ``archive.search``.
+
+The twin of ``dicomweb_server/web/qido.py``: both turn their request into the same
+:class:`~dicomweb_server.archive.Query` and answer from the index, never from files.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from dicomweb_server.archive import ArchiveError
+
+from . import datasets, status
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+FindReply = tuple[int | Dataset, Dataset | None]
+
+
+def handle_find(event: Event, runtime: Runtime) -> Iterator[FindReply]:
+    """Yield one Pending (FF00) per match, then Success; Cancel (FE00) on C-CANCEL.
+
+    Failures (PS3.4 Table C.4-1): A900 when the Identifier is not a valid query for the
+    information model (bad level, malformed key value), A700 when the index cannot be
+    read, C000 for anything else the archive cannot process.
+    """
+    runtime.activity.stats(event.assoc).operations["C-FIND"] += 1
+    try:
+        identifier = event.identifier
+        model = datasets.model_of(event.request.AffectedSOPClassUID)
+        query = datasets.to_query(identifier, model)
+        matches = runtime.archive.search(query)
+    except ArchiveError as exc:
+        reply = status.for_find(exc)
+        log.warning("C-FIND refused with 0x%04X: %s", reply.status, exc)
+        yield reply.dataset(), None
+        return
+    for match in matches:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        yield status.PENDING, datasets.to_response(match, identifier, query)
+    yield status.SUCCESS, None

@@ -1,0 +1,53 @@
+"""C-GET SCP (PS3.4 C.4.3): C-STORE sub-operations over the requesting association.
+
+The peer must have proposed the storage SOP Classes it wants with the SCP role (PS3.4
+C.4.3.1.3); pynetdicom negotiates the roles and counts the sub-operations, answering
+Pending (FF00) after each with Remaining/Completed/Failed/Warning counts and finally
+Success (0000), or Warning (B000) with the Failed SOP Instance UID List when some failed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+
+from pydicom.dataset import Dataset
+from pynetdicom.events import Event
+
+from dicomweb_server.archive import ArchiveError
+
+from . import datasets, retrieval, status
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+GetReply = int | tuple[int | Dataset, Dataset | None]
+
+
+def handle_get(event: Event, runtime: Runtime) -> Iterator[GetReply]:
+    """Yield the number of sub-operations, then one (Pending, instance) per instance.
+
+    A bad Identifier is answered A900, an unreadable index A701 (PS3.4 Table C.4-3).
+    pynetdicom needs the count before any status, so a failure is announced as one
+    sub-operation followed by the failure status.
+    """
+    stats = runtime.activity.stats(event.assoc)
+    stats.operations["C-GET"] += 1
+    try:
+        model = datasets.model_of(event.request.AffectedSOPClassUID)
+        instances = retrieval.resolve(runtime.archive, event.identifier, model)
+    except ArchiveError as exc:
+        reply = status.for_retrieve(exc)
+        log.warning("C-GET refused with 0x%04X: %s", reply.status, exc)
+        yield 1
+        yield reply.dataset(), None
+        return
+    yield len(instances)
+    accepted = retrieval.accepted_syntaxes(event.assoc)
+    for instance in instances:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
+        stats.sent += 1
+    yield status.SUCCESS, None

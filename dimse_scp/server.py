@@ -1,0 +1,198 @@
+"""The DIMSE listener: one pynetdicom AE, its presentation contexts, handlers, TLS and
+allow-list, started and stopped from here only.
+
+:func:`start` is non-blocking and returns a :class:`ServerHandle` (tests and embedding);
+:func:`serve_forever` is what the ``dimse`` and ``serve`` commands run.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, _config, evt
+from pynetdicom.events import Event
+from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.sop_class import Verification
+from pynetdicom.transport import ThreadedAssociationServer
+
+from dicomweb_server.archive import Archive
+from dicomweb_server.config import DimseSettings, Settings
+
+from . import datasets
+from .echo import handle_echo
+from .find import handle_find
+from .get import handle_get
+from .move import handle_move
+from .runtime import Runtime
+from .sockets import set_nodelay
+from .store import handle_store
+
+log = logging.getLogger(__name__)
+
+#: Transfer syntaxes accepted for storage: every one pydicom knows (uncompressed, big
+#: endian, deflated, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE,
+#: MPEG/HEVC...), uncompressed first.  The requestor's order of preference decides which
+#: one a context gets (PS3.8 9.3.3.2); we store whatever arrives, as it arrives.
+#: Query/Retrieve identifiers and Verification need only the uncompressed syntaxes.
+PLAIN_TRANSFER_SYNTAXES: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
+STORAGE_TRANSFER_SYNTAXES: list[str] = PLAIN_TRANSFER_SYNTAXES + [
+    str(ts) for ts in AllTransferSyntaxes if ts not in PLAIN_TRANSFER_SYNTAXES
+]
+
+# PS3.8 Table 9-21, A-ASSOCIATE-RJ: result rejected-permanent, source service-user,
+# reason calling-AE-title-not-recognized.
+_REJECTED_PERMANENT = 0x01
+_SERVICE_USER = 0x01
+_CALLING_AE_NOT_RECOGNISED = 0x03
+
+
+def configure_pynetdicom() -> None:
+    """The one place that sets pynetdicom's process-wide flags.
+
+    ``STORE_RECV_CHUNKED_DATASET``: a received C-STORE data set goes to a temporary file
+    instead of memory, and the handler gets its path (see :mod:`.store`).
+    """
+    _config.STORE_RECV_CHUNKED_DATASET = True
+
+
+def build_ae(settings: DimseSettings) -> AE:
+    """Our Application Entity with every SOP Class it serves as SCP."""
+    ae = AE(ae_title=settings.aet)
+    ae.maximum_associations = settings.max_associations
+    ae.maximum_pdu_size = settings.max_pdu_size
+    ae.acse_timeout = settings.acse_timeout
+    ae.dimse_timeout = settings.dimse_timeout
+    ae.network_timeout = settings.network_timeout
+    ae.add_supported_context(Verification, PLAIN_TRANSFER_SYNTAXES)
+    for sop_class_uid in datasets.MODELS:
+        ae.add_supported_context(sop_class_uid, PLAIN_TRANSFER_SYNTAXES)
+    # As acceptor there is no 128-context limit; both roles are accepted so that a C-GET
+    # requestor may take the SCP role for the storage classes it wants (PS3.7 D.3.3.4).
+    for context in AllStoragePresentationContexts:
+        ae.add_supported_context(
+            context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+        )
+    return ae
+
+
+def tls_context(settings: DimseSettings) -> ssl.SSLContext | None:
+    """DICOM TLS (PS3.15 B.1) when a certificate and key are configured.
+
+    With ``tls_ca`` set, peers must present a certificate signed by that CA.
+    """
+    if not (settings.tls_cert and settings.tls_key):
+        if settings.tls_cert or settings.tls_key or settings.tls_ca:
+            raise ValueError("dimse.tls_cert and dimse.tls_key must be set together for TLS")
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(settings.tls_cert, settings.tls_key)
+    if settings.tls_ca:
+        context.load_verify_locations(settings.tls_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _check_peer(event: Event, settings: DimseSettings) -> None:
+    """Refuse peers outside ``allowed_aets`` / ``allowed_hosts`` with A-ASSOCIATE-RJ."""
+    assoc = event.assoc
+    calling = (assoc.requestor.primitive.calling_ae_title or "").strip()
+    host = assoc.requestor.address
+    refused_by = None
+    if settings.allowed_aets and calling not in {a.strip() for a in settings.allowed_aets}:
+        refused_by = f"calling AE title {calling!r} is not in dimse.allowed_aets"
+    elif settings.allowed_hosts and host not in settings.allowed_hosts:
+        refused_by = f"host {host} is not in dimse.allowed_hosts"
+    if refused_by is None:
+        return
+    log.warning("association from %s:%s refused: %s", host, assoc.requestor.port, refused_by)
+    assoc.acse.send_reject(_REJECTED_PERMANENT, _SERVICE_USER, _CALLING_AE_NOT_RECOGNISED)
+    evt.trigger(assoc, evt.EVT_REJECTED, {})
+    assoc.kill()
+
+
+def _opened(event: Event, runtime: Runtime) -> None:
+    set_nodelay(event)
+    host, port = event.address[0], event.address[1]
+    runtime.activity.opened(event.assoc, f"{host}:{port}")
+
+
+def _closed(event: Event, runtime: Runtime) -> None:
+    runtime.activity.closed(event.assoc)
+
+
+def handlers(runtime: Runtime) -> list[tuple[Any, Callable[..., Any], list[Any]]]:
+    """Every event handler, with the runtime bound as an argument (no globals)."""
+    return [
+        (evt.EVT_CONN_OPEN, _opened, [runtime]),
+        (evt.EVT_REQUESTED, _check_peer, [runtime.settings.dimse]),
+        (evt.EVT_CONN_CLOSE, _closed, [runtime]),
+        (evt.EVT_C_ECHO, handle_echo, [runtime]),
+        (evt.EVT_C_STORE, handle_store, [runtime]),
+        (evt.EVT_C_FIND, handle_find, [runtime]),
+        (evt.EVT_C_GET, handle_get, [runtime]),
+        (evt.EVT_C_MOVE, handle_move, [runtime]),
+    ]
+
+
+@dataclass
+class ServerHandle:
+    """A running listener: its port, and how to stop it."""
+
+    server: ThreadedAssociationServer
+    ae: AE
+    runtime: Runtime
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def shutdown(self) -> None:
+        """Stop accepting, abort open associations, close the socket."""
+        self.server.shutdown()
+
+
+def start(settings: Settings, archive: Archive) -> ServerHandle:
+    """Start listening on ``settings.dimse.host:port`` (port 0: any free port); returns
+    at once."""
+    configure_pynetdicom()
+    dimse = settings.dimse
+    runtime = Runtime(archive, settings)
+    ae = build_ae(dimse)
+    server = ae.start_server(
+        (dimse.host, dimse.port),
+        block=False,
+        evt_handlers=handlers(runtime),
+        ssl_context=tls_context(dimse),
+    )
+    assert server is not None  # block=False always returns the server
+    handle = ServerHandle(server, ae, runtime)
+    log.info(
+        "DIMSE listening",
+        extra={"aet": dimse.aet, "host": dimse.host, "port": handle.port,
+               "tls": dimse.tls_cert is not None},
+    )
+    return handle
+
+
+def serve_forever(settings: Settings) -> None:
+    """Run the listener until SIGTERM or Ctrl-C (the ``dimse`` command)."""
+    archive = Archive(settings)
+    handle = start(settings, archive)
+    dimse = settings.dimse
+    print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        handle.shutdown()
+        archive.close()

@@ -1,0 +1,329 @@
+"""The DIMSE front over TCP with pynetdicom as the SCU: echo, store, find, move, get,
+allow-list, TLS, error statuses, TCP_NODELAY and the association log line."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
+from pydicom.dataset import Dataset
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLSLossless,
+    RLELossless,
+)
+from pynetdicom.sop_class import (
+    CTImageStorage,
+)
+
+import dimse_scp
+from dicomweb_server.archive import Archive
+from dicomweb_server.config import DuplicatePolicy, Settings
+
+from .dimse_fixtures import (
+    QR_CLASSES,
+    StorageSCP,
+    associate,
+    require_search,
+    running_server,
+    with_dimse,
+)
+from .factory import make_instance, make_series
+
+STORAGE_ALL = [
+    ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless,
+    JPEGLSLossless, DeflatedExplicitVRLittleEndian,
+    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
+]
+
+
+@pytest.fixture
+def dimse_server(settings: Settings, archive: Archive) -> Iterator[dimse_scp.ServerHandle]:
+    yield from running_server(settings, archive)
+
+
+def _store(port: int, datasets: list[Dataset], **kwargs: object) -> list[Dataset]:
+    classes = sorted({str(ds.SOPClassUID) for ds in datasets})
+    syntaxes = sorted({str(ds.file_meta.TransferSyntaxUID) for ds in datasets})
+    assoc = associate(port, classes, syntaxes=syntaxes, **kwargs)
+    assert assoc.is_established
+    try:
+        return [assoc.send_c_store(ds) for ds in datasets]
+    finally:
+        assoc.release()
+
+
+def _without_meta(ds: Dataset) -> Dataset:
+    copy = Dataset(ds)
+    return copy
+
+
+def _stored(archive: Archive, ds: Dataset) -> Dataset:
+    instance = archive.instances(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)[0]
+    return dcmread(archive.path(instance))
+
+
+# -- C-ECHO and the socket -------------------------------------------------------------
+
+
+def test_echo_and_tcp_nodelay(dimse_server: dimse_scp.ServerHandle) -> None:
+    assoc = associate(dimse_server.port)
+    assert assoc.is_established
+    # Our side of the association is the acceptor in the server's AE.
+    server_side = [a for a in dimse_server.ae.active_associations if a.is_acceptor]
+    assert len(server_side) == 1
+    sock = server_side[0].dul.socket.socket
+    assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+    for _ in range(3):
+        assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+
+
+def test_association_log_line(
+    dimse_server: dimse_scp.ServerHandle, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="dimse_scp.activity")
+    _store(dimse_server.port, make_series(2), ae_title="MODALITY1")
+    deadline = time.monotonic() + 5
+    while not [r for r in caplog.records if r.getMessage() == "association"]:
+        assert time.monotonic() < deadline, "no association log line"
+        time.sleep(0.02)
+    record = next(r for r in caplog.records if r.getMessage() == "association")
+    assert record.calling_ae == "MODALITY1"
+    assert record.address.startswith("127.0.0.1:")
+    assert record.operations == {"C-STORE": 2}
+    assert record.stored == 2 and record.outcome == "released"
+
+
+# -- C-STORE ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "transfer_syntax",
+    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEGLSLossless,
+     DeflatedExplicitVRLittleEndian],
+)
+def test_store_keeps_the_sent_dataset(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive, transfer_syntax: str
+) -> None:
+    ds = make_instance(transfer_syntax=transfer_syntax)
+    (result,) = _store(dimse_server.port, [ds], ae_title="CT01")
+    assert result.Status == 0x0000
+    stored = _stored(archive, ds)
+    assert stored.file_meta.TransferSyntaxUID == transfer_syntax
+    assert stored == ds  # every element of the data set, pixel data bytes included
+    assert archive.instances(ds.StudyInstanceUID)[0].transfer_syntax_uid == transfer_syntax
+
+
+@pytest.mark.parametrize(
+    "name", ["MR_small_jp2klossless.dcm", "SC_rgb_jpeg_dcmtk.dcm", "JPEG2000.dcm"]
+)
+def test_store_compressed_test_files(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive, name: str
+) -> None:
+    ds = dcmread(get_testdata_file(name, download=False))
+    (result,) = _store(dimse_server.port, [ds])
+    assert result.Status == 0x0000
+    stored = _stored(archive, ds)
+    assert stored.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
+    assert stored.PixelData == ds.PixelData
+    assert stored == ds
+
+
+def test_store_records_origin(dimse_server: dimse_scp.ServerHandle, archive: Archive) -> None:
+    ds = make_instance()
+    _store(dimse_server.port, [ds], ae_title="ORIGIN_AE")
+    from sqlalchemy import select
+
+    from dicomweb_server.archive.index import Instance
+
+    with archive.reader() as session:
+        row = session.execute(
+            select(Instance.origin_protocol, Instance.origin_ae, Instance.origin_address)
+            .where(Instance.sop_uid == ds.SOPInstanceUID)
+        ).one()
+    assert row.origin_protocol == "DIMSE" and row.origin_ae == "ORIGIN_AE"
+    assert row.origin_address.startswith("127.0.0.1:")
+
+
+def test_store_invalid_instance_gets_error_and_server_keeps_serving(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive
+) -> None:
+    bad = make_instance()
+    bad.SOPInstanceUID = "1.2.3.abc"  # PS3.5 9.1: digits and dots only
+    bad.file_meta.MediaStorageSOPInstanceUID = bad.SOPInstanceUID
+    no_study = make_instance()
+    del no_study.StudyInstanceUID
+    good = make_instance()
+    results = _store(dimse_server.port, [bad, no_study, good])
+    assert [r.Status for r in results] == [0xC000, 0xC000, 0x0000]
+    assert "SOPInstanceUID" in results[0].ErrorComment
+    assert len(results[0].ErrorComment) <= 64
+    assert "StudyInstanceUID" in results[1].ErrorComment
+    # A new association is served as usual.
+    assoc = associate(dimse_server.port)
+    assert assoc.send_c_echo().Status == 0x0000
+    assoc.release()
+    assert archive.count_instances() == 1
+
+
+def test_store_sop_class_mismatch_is_a_warning(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive, tmp_path: Path
+) -> None:
+    from pynetdicom import _config
+    from pynetdicom.sop_class import MRImageStorage
+
+    # The request names MR Image Storage (taken from the File Meta when pynetdicom sends
+    # a file as is) while the data set is a CT image.
+    ds = make_instance()
+    ds.file_meta.MediaStorageSOPClassUID = MRImageStorage
+    path = tmp_path / "mismatch.dcm"
+    ds.preamble = b"\0" * 128
+    ds.save_as(path, enforce_file_format=False)  # keeps the File Meta as set
+    assert dcmread(path).file_meta.MediaStorageSOPClassUID == MRImageStorage
+    assoc = associate(dimse_server.port, [MRImageStorage])
+    _config.STORE_SEND_CHUNKED_DATASET = True
+    try:
+        result = assoc.send_c_store(path)
+    finally:
+        _config.STORE_SEND_CHUNKED_DATASET = False
+        assoc.release()
+    assert result.Status == 0xB007  # PS3.4 B.2.3: stored, Data Set does not match SOP Class
+    assert CTImageStorage in result.ErrorComment
+    assert _stored(archive, ds).SOPClassUID == CTImageStorage
+
+
+def test_store_duplicate_policies(tmp_path: Path, settings: Settings) -> None:
+    ingest = settings.ingest.model_copy(update={"duplicate_policy": DuplicatePolicy.REJECT})
+    reject = settings.model_copy(update={"ingest": ingest})
+    archive = Archive(reject)
+    handle = dimse_scp.start(reject, archive)
+    try:
+        ds = make_instance()
+        first, second = _store(handle.port, [ds, ds])
+        assert first.Status == 0x0000
+        assert second.Status == 0x0111  # PS3.7 C: Duplicate SOP Instance
+        assert second.ErrorComment.startswith("SOP Instance 1.2.826.")  # cut to 64 chars
+    finally:
+        handle.shutdown()
+        archive.close()
+
+
+def test_store_disk_full_is_out_of_resources(settings: Settings) -> None:
+    limited = settings.model_copy(
+        update={"ingest": settings.ingest.model_copy(update={"max_instance_size": 100})}
+    )
+    archive = Archive(limited)
+    handle = dimse_scp.start(limited, archive)
+    try:
+        (result,) = _store(handle.port, [make_instance()])
+        assert result.Status == 0xA700  # PS3.4 B.2.3: Refused, Out of Resources
+        assert result.ErrorComment
+    finally:
+        handle.shutdown()
+        archive.close()
+
+
+# -- allow-list and TLS ----------------------------------------------------------------
+
+
+def test_allow_list_refuses_unknown_calling_ae(settings: Settings, archive: Archive) -> None:
+    allowed = with_dimse(settings, allowed_aets=["GOOD"])
+    handle = dimse_scp.start(allowed, archive)
+    try:
+        refused = associate(handle.port, ae_title="BAD")
+        assert refused.is_rejected
+        rj = refused.acceptor.primitive
+        assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x03)
+        accepted = associate(handle.port, ae_title="GOOD")
+        assert accepted.is_established
+        accepted.release()
+    finally:
+        handle.shutdown()
+
+
+def test_allow_list_refuses_unknown_host(settings: Settings, archive: Archive) -> None:
+    handle = dimse_scp.start(with_dimse(settings, allowed_hosts=["192.0.2.1"]), archive)
+    try:
+        assert associate(handle.port).is_rejected
+    finally:
+        handle.shutdown()
+    handle = dimse_scp.start(with_dimse(settings, allowed_hosts=["127.0.0.1"]), archive)
+    try:
+        assoc = associate(handle.port)
+        assert assoc.is_established
+        assoc.release()
+    finally:
+        handle.shutdown()
+
+
+def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=1))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = folder / f"{name}.pem", folder / f"{name}.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_tls_with_client_certificates(
+    tmp_path: Path, settings: Settings, archive: Archive
+) -> None:
+    server_cert, server_key = _self_signed(tmp_path, "server")
+    client_cert, client_key = _self_signed(tmp_path, "client")
+    tls = with_dimse(settings, tls_cert=server_cert, tls_key=server_key, tls_ca=client_cert)
+    handle = dimse_scp.start(tls, archive)
+    try:
+        client = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
+        client.load_cert_chain(client_cert, client_key)
+        assoc = associate(handle.port, tls_args=(client, "127.0.0.1"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0x0000
+        assoc.release()
+        # Plain TCP is not a DICOM TLS peer.
+        assert not associate(handle.port).is_established
+        # Neither is a TLS peer without a client certificate.
+        anonymous = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(server_cert))
+        assert not associate(handle.port, tls_args=(anonymous, "127.0.0.1")).is_established
+    finally:
+        handle.shutdown()
