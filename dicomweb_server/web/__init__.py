@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..archive import Archive
 from ..config import Settings
-from . import errors
+from . import compress, errors
 
 
 def archive() -> Archive:
@@ -34,6 +34,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     for module in (qido, wado, stow):
         app.register_blueprint(module.blueprint, url_prefix=base or None)
     errors.register(app)
+    compress.install(app)
     if settings.http.cors_origins:
         CORS(
             app,
