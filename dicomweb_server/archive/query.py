@@ -336,6 +336,7 @@ class _Plan:
     keys: list[str] = field(default_factory=list)  # JSON keys to return
     scoped_study: bool = False
     scoped_series: bool = False
+    selective: bool = False  # a lower level's UID is among the keys
 
 
 def _plan(query: Query, dialect: str) -> _Plan:
@@ -388,6 +389,8 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
         condition = _match_name(columns[0], columns[1], value, query.fuzzy, dialect)
     elif kind == "uid":
         condition = _match_uid(column, value, keyword)
+        if keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            plan.selective |= _TABLE_LEVEL[table] > level  # a unique key: few rows
         if len(_values(value)) == 1 and _TABLE_LEVEL[table] < level:
             # An upper level's unique key scopes the search (PS3.4 C.4.1.2.1).
             plan.scoped_study |= table == "study"
@@ -406,11 +409,17 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
 # -- the statement -------------------------------------------------------------------------
 
 
-def _exists_below(
-    level: int, conditions: dict[str, list[ColumnElement[bool]]]
+def _below(
+    level: int, conditions: dict[str, list[ColumnElement[bool]]], selective: bool
 ) -> list[ColumnElement[bool]]:
-    """Conditions on levels below the query level, as one correlated EXISTS, so that
-    each match is returned once however many of its children match."""
+    """Conditions on levels below the query level as one semi-join, so that each match
+    is returned once however many of its children match.
+
+    A correlated EXISTS stops at the first matching child and suits keys that many
+    children match (Modality=CT); with a UID among the keys (``selective``), an
+    uncorrelated ``IN`` finds the few parents through the UID index instead of probing
+    every parent row.
+    """
     names = [n for n in ("study", "series", "instance")
              if _TABLE_LEVEL[n] > level and conditions[n]]
     if not names:
@@ -421,22 +430,28 @@ def _exists_below(
         if _TABLE_LEVEL[n] > level:
             where.extend(conditions[n])
     if level == 0:  # patient: through its studies
-        sub = select(literal(1)).select_from(ST)
+        link, parent = ST.c.patient_pk, P.c.id
+        sub = select(link).select_from(ST)
         if deepest >= 2:
             sub = sub.join(SE, SE.c.study_pk == ST.c.id)
         if deepest == 3:
             sub = sub.join(I, I.c.series_pk == SE.c.id)
-        sub = sub.where(ST.c.patient_pk == P.c.id)
     elif level == 1:  # study
         if deepest == 3:
-            sub = select(literal(1)).select_from(I).where(I.c.study_pk == ST.c.id)
+            link, parent = I.c.study_pk, ST.c.id
+            sub = select(link).select_from(I)
             if conditions["series"]:
                 sub = sub.join(SE, I.c.series_pk == SE.c.id)
         else:
-            sub = select(literal(1)).select_from(SE).where(SE.c.study_pk == ST.c.id)
+            link, parent = SE.c.study_pk, ST.c.id
+            sub = select(link).select_from(SE)
     else:  # series
-        sub = select(literal(1)).select_from(I).where(I.c.series_pk == SE.c.id)
-    return [sub.where(*where).exists()]
+        link, parent = I.c.series_pk, SE.c.id
+        sub = select(link).select_from(I)
+    sub = sub.where(*where)
+    if selective:
+        return [parent.in_(sub)]
+    return [sub.where(link == parent).exists()]
 
 
 def _representative(level: Level) -> Any:
@@ -538,7 +553,7 @@ def build(
     for name, conditions in plan.conditions.items():
         if _TABLE_LEVEL[name] <= depth:
             stmt = stmt.where(*conditions)
-    stmt = stmt.where(*_exists_below(depth, plan.conditions), *plan.extra)
+    stmt = stmt.where(*_below(depth, plan.conditions, plan.selective), *plan.extra)
     stmt = stmt.order_by(order).offset(query.offset or None)
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
