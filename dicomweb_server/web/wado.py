@@ -204,7 +204,8 @@ def _metadata(study: str, series: str | None = None, sop: str | None = None) -> 
     for i in instances:
         digest.update(f"{i.sop_uid}:{i.sha256};".encode("ascii"))
     etag = digest.hexdigest()
-    if request.if_none_match.contains(etag):
+    # RFC 9110 13.1.2: If-None-Match compares weakly (a gzip layer may weaken the tag).
+    if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
         response.set_etag(etag)
         return response
@@ -428,12 +429,14 @@ def retrieve_bulkdata(study: str, series: str, sop: str, key: str) -> Response:
         # PS3.18 8.7.3.3.2: compressed multi-frame pixel data goes frame by frame.
         count = _frame_count(instance) or 1
         return _frames_response(instance, list(range(1, count + 1)))
-    if key in PIXEL_KEYS and instance.pixels is not None and (instance.pixels.frame_size or 0) > 0:
-        px = instance.pixels
+    px = instance.pixels
+    if key in PIXEL_KEYS and px is not None and px.length is not None and not ts.is_deflated:
+        # Native pixel data: the whole value as little endian octets (PS3.18 8.7.3.3.1),
+        # straight from the byte range ingest recorded; big endian words are swapped.
+        raw = archive().read_ranges(instance, [(px.offset, px.length)])
         if not ts.is_little_endian and px.vr == "OW":
-            # Big endian words become little endian octets (PS3.18 8.7.3.3.1).
-            raw = archive().read_ranges(instance, [(px.offset, px.length or 0)])
             return _octets(_lazy(lambda: iter([_swap16(b"".join(raw))])))
+        return _octets(raw)
     if key in instance.bulk:
         return _octets(archive().read_ranges(instance, [instance.bulk[key]]))
     return _octets(iter([_bulk_from_file(instance, key)]))
