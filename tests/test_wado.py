@@ -446,3 +446,60 @@ def test_metadata_series_is_fast(archive: Archive, web) -> None:  # type: ignore
     elapsed = time.perf_counter() - start
     assert len(json.loads(body)) == 50
     assert elapsed < 2.0  # generous: CI machines vary; the benchmark prints the real figure
+
+
+def test_deflated_frames_fall_back_to_parsing(archive: Archive, web) -> None:  # type: ignore[no-untyped-def]
+    ds = make_instance(frames=2, rows=8, columns=8, transfer_syntax=DeflatedExplicitVRLittleEndian)
+    store(archive, ds)
+    got = parts(
+        requests.get(
+            url(web, ds) + "/frames/2",
+            headers={"Accept": "multipart/related; type=application/octet-stream"},
+        )
+    )
+    assert got == [
+        (
+            f"application/octet-stream; transfer-syntax={ExplicitVRLittleEndian}",
+            ds.pixel_array[1].tobytes(),
+        )
+    ]
+
+
+def test_mpeg4_video_is_served_as_video_mp4(archive: Archive, web) -> None:  # type: ignore[no-untyped-def]
+    from pydicom.encaps import encapsulate
+
+    stream = b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40
+    ds = make_instance(
+        rows=64,
+        columns=64,
+        samples=3,
+        bits=8,
+        frames=10,
+        sop_class="1.2.840.10008.5.1.4.1.1.77.1.4.1",
+    )
+    ds.PixelData = encapsulate([stream[:5000], stream[5000:]], has_bot=False)
+    ds["PixelData"].VR = "OB"
+    ds.file_meta.TransferSyntaxUID = "1.2.840.10008.1.2.4.102"
+    store(archive, ds)
+    bulk = requests.get(url(web, ds) + "/bulkdata/7FE00010")
+    assert parts(bulk) == [("video/mp4; transfer-syntax=1.2.840.10008.1.2.4.102", stream)]
+    rendered = requests.get(url(web, ds) + "/rendered", headers={"Accept": "video/mp4"})
+    assert rendered.status_code == 200
+    assert rendered.headers["Content-Type"].startswith("video/mp4")
+    assert rendered.content == stream
+
+
+def test_accept_header_parsing() -> None:
+    from dicomweb_server.web.accept import wanted
+
+    got = wanted(
+        'application/dicom+json;q=0.2, multipart/related; type="image/jls";'
+        " transfer-syntax=1.2.840.10008.1.2.4.80, multipart/related;type=application/octet-stream;"
+        " transfer-syntax=*;q=0.5, */*;q=0"
+    )
+    assert [(w.media_type, w.multipart, w.transfer_syntax) for w in got] == [
+        ("image/jls", True, "1.2.840.10008.1.2.4.80"),
+        ("application/octet-stream", True, "*"),
+        ("application/dicom+json", False, None),
+    ]
+    assert [(w.media_type, w.multipart) for w in wanted(None)] == [("*/*", True)]
