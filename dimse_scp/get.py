@@ -3,7 +3,8 @@
 The peer must have proposed the storage SOP Classes it wants with the SCP role (PS3.4
 C.4.3.1.3); pynetdicom negotiates the roles and counts the sub-operations, answering
 Pending (FF00) after each with Remaining/Completed/Failed/Warning counts and finally
-Success (0000), or Warning (B000) with the Failed SOP Instance UID List when some failed.
+Success (0000), Warning (B000) with the Failed SOP Instance UID List when some failed,
+or A702 (unable to perform sub-operations) when all failed (PS3.4 Table C.4-3).
 """
 
 from __future__ import annotations
@@ -50,4 +51,5 @@ def handle_get(event: Event, runtime: Runtime) -> Iterator[GetReply]:
             return
         yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
         stats.sent += 1
-    yield status.SUCCESS, None
+    # Exhausting the generator lets pynetdicom send the final status from its counts:
+    # Success, Warning B000 when some sub-operations failed, A702 when all did.

@@ -4,7 +4,7 @@ Destinations come only from ``dimse.remote_aes``: a Move Destination is an AE ti
 sending patient data to whatever address a caller names would make the archive an open
 relay.  Counts and the final status follow PS3.4 C.4.2.1.5 (pynetdicom keeps them):
 Pending (FF00) after each sub-operation, Success (0000) when all completed, Warning
-(B000) with the Failed SOP Instance UID List when some failed.
+(B000) with the Failed SOP Instance UID List when some failed, A702 when all failed.
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
     except ArchiveError as exc:
         reply = status.for_retrieve(exc)
         log.warning("C-MOVE refused with 0x%04X: %s", reply.status, exc)
+        # pynetdicom answers a C-MOVE failure only on an open sub-association, so one is
+        # opened (for a context any Storage SCP accepts) and released unused.
         yield remote.host, remote.port, {**options, "contexts": retrieval.contexts_for([])}
         yield 1
         yield reply.dataset(), None
@@ -78,4 +80,5 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
             return
         yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
         stats.sent += 1
-    yield status.SUCCESS, None
+    # Exhausting the generator lets pynetdicom send the final status from its counts:
+    # Success, Warning B000 when some sub-operations failed, A702 when all did.

@@ -18,7 +18,7 @@ from pydicom.uid import (
 )
 from pynetdicom.association import Association
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
 from dicomweb_server.archive import (
     Archive,
@@ -160,7 +160,11 @@ def contexts_for(instances: Iterable[StoredInstance]) -> list[PresentationContex
         for ts in sorted(by_class[sop] - set(_UNCOMPRESSED))
     ]
     contexts = fallback + stored[: max(MAX_CONTEXTS - len(fallback), 0)]
-    return contexts[:MAX_CONTEXTS] or [build_context(Verification)]
+    # Without instances (a failure to report), a context every image archive accepts.
+    return contexts[:MAX_CONTEXTS] or [
+        build_context(SecondaryCaptureImageStorage, list(_UNCOMPRESSED)),
+        build_context(Verification),
+    ]
 
 
 def _target(syntaxes: set[str]) -> str | None:

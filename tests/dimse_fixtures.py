@@ -117,10 +117,12 @@ def associate(
     """
     ae = AE(ae_title=ae_title)
     for uid in classes or [Verification]:
-        ae.add_requested_context(uid, syntaxes or UNCOMPRESSED)
+        for ts in syntaxes or UNCOMPRESSED:  # one context each: the acceptor picks one
+            ae.add_requested_context(uid, ts)
     roles = []
-    for uid, ts in storage_roles or []:
-        ae.add_requested_context(uid, ts)
+    for uid, syntaxes_for_uid in storage_roles or []:
+        for ts in syntaxes_for_uid:
+            ae.add_requested_context(uid, ts)
         roles.append(build_role(uid, scp_role=True))
     return ae.associate("127.0.0.1", port, ae_title="DICOMWEB", ext_neg=roles or None, **kwargs)
 

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pydicom import dcmread
 from pydicom.data import get_testdata_file
@@ -23,8 +24,15 @@ from pydicom.uid import (
     JPEGLSLossless,
     RLELossless,
 )
+from pynetdicom import evt
 from pynetdicom.sop_class import (
     CTImageStorage,
+    PatientRootQueryRetrieveInformationModelFind,
+    PatientRootQueryRetrieveInformationModelGet,
+    PatientRootQueryRetrieveInformationModelMove,
+    StudyRootQueryRetrieveInformationModelFind,
+    StudyRootQueryRetrieveInformationModelGet,
+    StudyRootQueryRetrieveInformationModelMove,
 )
 
 import dimse_scp
@@ -327,3 +335,321 @@ def test_tls_with_client_certificates(
         assert not associate(handle.port, tls_args=(anonymous, "127.0.0.1")).is_established
     finally:
         handle.shutdown()
+
+
+# -- C-FIND, C-MOVE, C-GET over one small archive ---------------------------------------
+
+
+class Archive3:
+    """Two patients, two studies, three series, four instances, stored over C-STORE."""
+
+    def __init__(self, port: int) -> None:
+        self.a_study = make_instance().StudyInstanceUID
+        self.b_study = make_instance().StudyInstanceUID
+        self.a_series1 = make_series(2, study_uid=self.a_study, PatientName="Müller^Jürgen",
+                                     PatientID="PIDA", SpecificCharacterSet="ISO_IR 192")
+        self.a_series2 = [make_instance(
+            study_uid=self.a_study, PatientName="Müller^Jürgen", PatientID="PIDA",
+            SpecificCharacterSet="ISO_IR 192", SeriesNumber=2, rows=64, columns=64,
+            transfer_syntax=JPEG2000Lossless,
+        )]
+        self.b_series = [make_instance(study_uid=self.b_study, PatientID="PIDB",
+                                       StudyDate="20230301", Modality="MR")]
+        self.all = self.a_series1 + self.a_series2 + self.b_series
+        statuses = _store(port, self.all)
+        assert [s.Status for s in statuses] == [0] * 4
+
+
+@pytest.fixture
+def stored(dimse_server: dimse_scp.ServerHandle, archive: Archive) -> Archive3:
+    require_search(archive)
+    return Archive3(dimse_server.port)
+
+
+def _identifier(level: str, **keys: object) -> Dataset:
+    ds = Dataset()
+    ds.QueryRetrieveLevel = level
+    for keyword, value in keys.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def _find(port: int, model: str, identifier: Dataset) -> tuple[list[int], list[Dataset]]:
+    assoc = associate(port, QR_CLASSES)
+    statuses, found = [], []
+    try:
+        for status, match in assoc.send_c_find(identifier, model):
+            statuses.append(status.Status)
+            if match is not None and status.Status == 0xFF00:
+                found.append(match)
+    finally:
+        assoc.release()
+    return statuses, found
+
+
+def test_find_study_root_study_level_wildcard_utf8(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3
+) -> None:
+    query = _identifier("STUDY", SpecificCharacterSet="ISO_IR 192", PatientName="Mü*",
+                        StudyInstanceUID="", StudyDate="", PatientID="")
+    statuses, found = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind, query)
+    assert statuses == [0xFF00, 0x0000]
+    (match,) = found
+    assert match.SpecificCharacterSet == "ISO_IR 192"
+    assert str(match.PatientName) == "Müller^Jürgen"
+    assert match.StudyInstanceUID == stored.a_study
+    assert match.PatientID == "PIDA" and match.StudyDate == "20240115"
+    assert match.QueryRetrieveLevel == "STUDY"
+    # exactly the requested keys
+    assert {e.keyword for e in match} == {
+        "SpecificCharacterSet", "QueryRetrieveLevel", "PatientName", "StudyInstanceUID",
+        "StudyDate", "PatientID",
+    }
+
+
+def test_find_study_level_date_range_and_uid_list(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3
+) -> None:
+    model = StudyRootQueryRetrieveInformationModelFind
+    _, found = _find(dimse_server.port, model,
+                     _identifier("STUDY", StudyDate="20240101-20241231", StudyInstanceUID=""))
+    assert [m.StudyInstanceUID for m in found] == [stored.a_study]
+    _, found = _find(dimse_server.port, model,
+                     _identifier("STUDY", StudyDate="-20231231", StudyInstanceUID=""))
+    assert [m.StudyInstanceUID for m in found] == [stored.b_study]
+    uid_list = _identifier("STUDY", StudyInstanceUID=[stored.a_study, stored.b_study],
+                           ModalitiesInStudy="")
+    _, found = _find(dimse_server.port, model, uid_list)
+    assert sorted(m.StudyInstanceUID for m in found) == sorted([stored.a_study, stored.b_study])
+
+
+def test_find_series_and_image_levels(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3
+) -> None:
+    model = StudyRootQueryRetrieveInformationModelFind
+    series = _identifier("SERIES", StudyInstanceUID=stored.a_study, SeriesInstanceUID="",
+                         Modality="", SeriesNumber="")
+    statuses, found = _find(dimse_server.port, model, series)
+    assert statuses[-1] == 0x0000
+    assert sorted(m.SeriesInstanceUID for m in found) == sorted(
+        [stored.a_series1[0].SeriesInstanceUID, stored.a_series2[0].SeriesInstanceUID]
+    )
+    assert all(m.StudyInstanceUID == stored.a_study and m.Modality == "CT" for m in found)
+    first = stored.a_series1[0]
+    images = _identifier("IMAGE", StudyInstanceUID=stored.a_study,
+                         SeriesInstanceUID=first.SeriesInstanceUID, SOPInstanceUID="",
+                         InstanceNumber="", SOPClassUID="")
+    _, found = _find(dimse_server.port, model, images)
+    assert sorted(m.SOPInstanceUID for m in found) == sorted(
+        ds.SOPInstanceUID for ds in stored.a_series1
+    )
+    assert {m.SOPClassUID for m in found} == {CTImageStorage}
+
+
+def test_find_patient_root_all_levels(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3
+) -> None:
+    model = PatientRootQueryRetrieveInformationModelFind
+    _, patients = _find(dimse_server.port, model,
+                        _identifier("PATIENT", PatientID="PID*", PatientName=""))
+    assert sorted(p.PatientID for p in patients) == ["PIDA", "PIDB"]
+    _, studies = _find(dimse_server.port, model,
+                       _identifier("STUDY", PatientID="PIDB", StudyInstanceUID=""))
+    assert [s.StudyInstanceUID for s in studies] == [stored.b_study]
+    _, series = _find(dimse_server.port, model, _identifier(
+        "SERIES", PatientID="PIDB", StudyInstanceUID=stored.b_study, SeriesInstanceUID="",
+        Modality=""))
+    assert [s.Modality for s in series] == ["MR"]
+    _, images = _find(dimse_server.port, model, _identifier(
+        "IMAGE", PatientID="PIDA", StudyInstanceUID=stored.a_study,
+        SeriesInstanceUID=stored.a_series2[0].SeriesInstanceUID, SOPInstanceUID=""))
+    assert [i.SOPInstanceUID for i in images] == [stored.a_series2[0].SOPInstanceUID]
+
+
+def test_find_invalid_identifier(dimse_server: dimse_scp.ServerHandle, stored: Archive3) -> None:
+    # PS3.4 C.6.2.1: Study Root has no PATIENT level.
+    statuses, _ = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind,
+                        _identifier("PATIENT", PatientID=""))
+    assert statuses == [0xA900]
+    statuses, _ = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind,
+                        _identifier("STUDY", StudyDate="2024-garbage", StudyInstanceUID=""))
+    assert statuses == [0xA900]
+
+
+@pytest.fixture
+def destination() -> Iterator[StorageSCP]:
+    scp = StorageSCP("DEST")
+    yield scp
+    scp.shutdown()
+
+
+@pytest.fixture
+def mover(
+    settings: Settings, archive: Archive, destination: StorageSCP
+) -> Iterator[dimse_scp.ServerHandle]:
+    """Our listener, knowing the test's Storage SCP as C-MOVE destination ``DEST``."""
+    remote = {"DEST": {"host": "127.0.0.1", "port": destination.port}}
+    yield from running_server(with_dimse(settings, remote_aes=remote), archive)
+
+
+def _move(port: int, model: str, identifier: Dataset, dest: str = "DEST") -> list[Dataset]:
+    assoc = associate(port, QR_CLASSES)
+    try:
+        return [status for status, _ in assoc.send_c_move(identifier, dest, model)]
+    finally:
+        assoc.release()
+
+
+def _same_instance(received: Dataset, sent: Dataset) -> None:
+    assert received.SOPInstanceUID == sent.SOPInstanceUID
+    assert received.file_meta.TransferSyntaxUID == sent.file_meta.TransferSyntaxUID
+    assert received.PixelData == sent.PixelData
+    assert received == sent
+
+
+def test_move_study_as_stored(
+    mover: dimse_scp.ServerHandle, archive: Archive, destination: StorageSCP
+) -> None:
+    require_search(archive)
+    study = Archive3(mover.port)
+    nodelay: list[int] = []
+
+    def check_outgoing_socket(_event: evt.Event) -> None:
+        for assoc in mover.ae.active_associations:
+            if assoc.is_requestor:
+                nodelay.append(assoc.dul.socket.socket.getsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    destination.on_store.append(check_outgoing_socket)
+    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
+                     _identifier("STUDY", StudyInstanceUID=study.a_study))
+    final = statuses[-1]
+    assert [s.Status for s in statuses] == [0xFF00] * 3 + [0x0000]
+    assert final.NumberOfCompletedSuboperations == 3
+    assert final.NumberOfFailedSuboperations == 0
+    sent = {ds.SOPInstanceUID: ds for ds in study.a_series1 + study.a_series2}
+    assert len(destination.received.datasets) == 3
+    for received in destination.received.datasets:
+        _same_instance(received, sent[received.SOPInstanceUID])
+    assert nodelay and all(nodelay)
+
+
+def test_move_relational_and_patient_levels(
+    mover: dimse_scp.ServerHandle, archive: Archive, destination: StorageSCP
+) -> None:
+    require_search(archive)
+    study = Archive3(mover.port)
+    # Only a SOP Instance UID: the archive finds its study and series.
+    one = study.a_series1[1]
+    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
+                     _identifier("IMAGE", SOPInstanceUID=one.SOPInstanceUID))
+    assert statuses[-1].Status == 0x0000
+    assert statuses[-1].NumberOfCompletedSuboperations == 1
+    statuses = _move(mover.port, PatientRootQueryRetrieveInformationModelMove,
+                     _identifier("PATIENT", PatientID="PIDB"))
+    assert statuses[-1].Status == 0x0000
+    assert [ds.SOPInstanceUID for ds in destination.received.datasets] == [
+        one.SOPInstanceUID, study.b_series[0].SOPInstanceUID
+    ]
+
+
+def test_move_converts_for_an_uncompressed_only_destination(
+    settings: Settings, archive: Archive
+) -> None:
+    plain = StorageSCP("PLAIN", syntaxes=[ExplicitVRLittleEndian])
+    remote = {"PLAIN": {"host": "127.0.0.1", "port": plain.port}}
+    handle = dimse_scp.start(with_dimse(settings, remote_aes=remote), archive)
+    try:
+        j2k = make_instance(rows=64, columns=64, transfer_syntax=JPEG2000Lossless)
+        native = make_instance(transfer_syntax=ImplicitVRLittleEndian)
+        _store(handle.port, [j2k, native])
+        for ds in (j2k, native):
+            statuses = _move(handle.port, StudyRootQueryRetrieveInformationModelMove,
+                             _identifier("STUDY", StudyInstanceUID=ds.StudyInstanceUID),
+                             "PLAIN")
+            assert statuses[-1].Status == 0x0000
+        got_j2k, got_native = plain.received.datasets
+        assert plain.received.syntaxes == [ExplicitVRLittleEndian] * 2
+        assert got_j2k.SOPInstanceUID == j2k.SOPInstanceUID
+        np.testing.assert_array_equal(got_j2k.pixel_array, j2k.pixel_array)  # lossless
+        assert got_native.PixelData == native.PixelData
+    finally:
+        handle.shutdown()
+        plain.shutdown()
+
+
+def test_move_unknown_destination(mover: dimse_scp.ServerHandle, archive: Archive) -> None:
+    ds = make_instance()
+    _store(mover.port, [ds])
+    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
+                     _identifier("STUDY", StudyInstanceUID=ds.StudyInstanceUID), "NOWHERE")
+    assert [s.Status for s in statuses] == [0xA801]  # PS3.4 C.4.2.1.5
+
+
+def test_move_nothing_matches_is_success(mover: dimse_scp.ServerHandle) -> None:
+    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
+                     _identifier("STUDY", StudyInstanceUID="1.2.3.4.5.6"))
+    assert [s.Status for s in statuses] == [0x0000]
+    assert statuses[0].NumberOfCompletedSuboperations == 0
+
+
+def test_move_bad_identifier(mover: dimse_scp.ServerHandle) -> None:
+    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
+                     _identifier("STUDY", StudyInstanceUID="not-a-uid"))
+    assert statuses[-1].Status == 0xA900
+    assert "StudyInstanceUID" in statuses[-1].ErrorComment
+
+
+def _get(
+    port: int, model: str, identifier: Dataset, roles: list[tuple[str, list[str]]]
+) -> tuple[list[Dataset], list[Dataset], Dataset | None]:
+    """C-GET: the response statuses, the instances received, the final Identifier."""
+    received: list[Dataset] = []
+
+    def on_store(event: evt.Event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    assoc = associate(port, QR_CLASSES, storage_roles=roles,
+                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assert assoc.is_established
+    try:
+        responses = list(assoc.send_c_get(identifier, model))
+    finally:
+        assoc.release()
+    return [status for status, _ in responses], received, responses[-1][1]
+
+
+def test_get_series(dimse_server: dimse_scp.ServerHandle, stored: Archive3) -> None:
+    roles = [(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])]
+    statuses, received, _ = _get(
+        dimse_server.port, PatientRootQueryRetrieveInformationModelGet,
+        _identifier("STUDY", PatientID="PIDA", StudyInstanceUID=stored.a_study), roles,
+    )
+    assert [s.Status for s in statuses] == [0xFF00] * 3 + [0x0000]
+    assert statuses[-1].NumberOfCompletedSuboperations == 3
+    sent = {ds.SOPInstanceUID: ds for ds in stored.a_series1 + stored.a_series2}
+    assert len(received) == 3
+    for ds in received:
+        _same_instance(ds, sent[ds.SOPInstanceUID])
+
+
+def test_get_without_storage_role_reports_failures(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3
+) -> None:
+    from pynetdicom.sop_class import MRImageStorage
+
+    statuses, received, final_identifier = _get(
+        dimse_server.port, StudyRootQueryRetrieveInformationModelGet,
+        _identifier("SERIES", StudyInstanceUID=stored.b_study,
+                    SeriesInstanceUID=stored.b_series[0].SeriesInstanceUID),
+        [(MRImageStorage, [ExplicitVRLittleEndian])],  # a CT is stored: no context for it
+    )
+    final = statuses[-1]
+    # PS3.4 Table C.4-3: all sub-operations failed -> unable to perform sub-operations
+    assert final.Status == 0xA702
+    assert final.NumberOfFailedSuboperations == 1
+    assert final_identifier.FailedSOPInstanceUIDList == stored.b_series[0].SOPInstanceUID
+    assert received == []
