@@ -102,6 +102,12 @@ class TestLevels:
         results = _search(archive, Level.PATIENT, filters={"AccessionNumber": "AXC11"})
         assert [_value(r, "00100020") for r in results] == ["P_03"]
 
+    def test_patient_level_matches_on_modalities_in_study(
+        self, archive: Archive, data: Data
+    ) -> None:
+        results = _search(archive, Level.PATIENT, filters={"ModalitiesInStudy": "US"})
+        assert [_value(r, "00100020") for r in results] == ["P_03"]
+
     def test_study_level_returns_required_and_aggregate_attributes(
         self, archive: Archive, data: Data
     ) -> None:

@@ -102,7 +102,11 @@ class Series(Base):
 
 class Instance(Base):
     __tablename__ = "instances"
-    __table_args__ = (Index("ix_instances_series_number", "series_pk", "instance_number"),)
+    __table_args__ = (
+        Index("ix_instances_series_number", "series_pk", "instance_number"),
+        # A study's first instance in one probe: query.py's representative instance.
+        Index("ix_instances_study_first", "study_pk", "id"),
+    )
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     sop_uid: Mapped[str] = mapped_column(UID, unique=True)

@@ -368,6 +368,13 @@ def _plan(query: Query, dialect: str) -> _Plan:
 
 def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect: str) -> None:
     level = _ORDER.index(query.level)
+    if level == 0 and keyword in ("ModalitiesInStudy", "SOPClassesInStudy"):
+        # Patient level: a patient matches through any of its studies' series/instances.
+        if keyword == "ModalitiesInStudy":
+            plan.conditions["series"].append(_match_text(SE.c.modality, value, dialect))
+        else:
+            plan.conditions["instance"].append(_match_uid(I.c.sop_class_uid, value, keyword))
+        return
     if keyword == "ModalitiesInStudy":
         # A study matches when any of its series has one of the modalities (PS3.4
         # C.6.1.1.3.1); its own EXISTS, independent of other series keys.
@@ -454,20 +461,26 @@ def _below(
     return [sub.where(link == parent).exists()]
 
 
-def _representative(level: Level) -> Any:
-    """The metadata of the level's first stored instance, for return keys that the level
-    rows do not hold (a correlated subquery: still one statement)."""
+def _representative(level: Level, pk: Any) -> Any:
+    """The metadata of the first stored instance of the match whose primary key is
+    ``pk``, for return keys that the level rows do not hold (a correlated subquery:
+    still one statement)."""
     if level is Level.IMAGE:
-        return I.c.metadata_json
+        first = I.alias("first")
+        return select(first.c.metadata_json).where(first.c.id == pk).scalar_subquery()
+    # Each ORDER BY follows an index whose leading column is the correlated key, so the
+    # first row is one index probe (ordering by the primary key alone lets PostgreSQL
+    # walk the whole instances table instead).
     if level is Level.SERIES:
-        where = I.c.series_pk == SE.c.id
-        sub = select(I.c.metadata_json).where(where)
+        sub = (select(I.c.metadata_json).where(I.c.series_pk == pk)
+               .order_by(I.c.series_pk, I.c.instance_number, I.c.id))
     elif level is Level.STUDY:
-        sub = select(I.c.metadata_json).where(I.c.study_pk == ST.c.id)
+        sub = (select(I.c.metadata_json).where(I.c.study_pk == pk)
+               .order_by(I.c.study_pk, I.c.id))
     else:
         sub = (select(I.c.metadata_json).join(ST, I.c.study_pk == ST.c.id)
-               .where(ST.c.patient_pk == P.c.id))
-    return sub.order_by(I.c.id).limit(1).scalar_subquery()
+               .where(ST.c.patient_pk == pk).order_by(ST.c.id, I.c.study_pk, I.c.id))
+    return sub.limit(1).scalar_subquery()
 
 
 @dataclass(frozen=True)
@@ -521,22 +534,22 @@ def build(
                     select(func.coalesce(func.sum(ST.c.num_instances), 0))
                     .where(ST.c.patient_pk == P.c.id).scalar_subquery().label("n_instances")]
         stmt = select(*columns).select_from(P)
-        order = P.c.id
+        order = [P.c.id]
     elif level is Level.STUDY:
         stmt = select(ST.c.study_uid, P.c.attributes.label("patient_json"),
                       ST.c.attributes.label("study_json"), ST.c.modalities, ST.c.sop_classes,
                       ST.c.num_series, ST.c.num_instances)
         stmt = stmt.select_from(ST.join(P, ST.c.patient_pk == P.c.id))
-        order = ST.c.id
+        order = [ST.c.id]
     elif level is Level.SERIES:
         stmt = select(SE.c.series_uid, ST.c.study_uid, SE.c.attributes.label("series_json"),
                       SE.c.num_instances).select_from(SE.join(ST, SE.c.study_pk == ST.c.id))
-        order = SE.c.id
+        order = [ST.c.id, SE.c.id]
     else:
         stmt = select(I.c.sop_uid, SE.c.series_uid, ST.c.study_uid,
                       I.c.attributes.label("instance_json"), I.c.number_of_frames).select_from(
             I.join(SE, I.c.series_pk == SE.c.id).join(ST, SE.c.study_pk == ST.c.id))
-        order = I.c.id
+        order = [ST.c.id, SE.c.id, I.c.id]
     need_upper = upper or any(k in known - _OWN_KEYS[level] for k in keys)
     if level in (Level.SERIES, Level.IMAGE):
         if need_upper or plan.conditions["patient"]:
@@ -548,15 +561,21 @@ def build(
         if level is Level.IMAGE and need_upper:
             stmt = stmt.add_columns(SE.c.attributes.label("series_json"),
                                     SE.c.num_instances.label("series_instances"))
-    if representative:
-        stmt = stmt.add_columns(_representative(level).label("representative"))
     for name, conditions in plan.conditions.items():
         if _TABLE_LEVEL[name] <= depth:
             stmt = stmt.where(*conditions)
     stmt = stmt.where(*_below(depth, plan.conditions, plan.selective), *plan.extra)
-    stmt = stmt.order_by(order).offset(query.offset or None)
+    stmt = stmt.order_by(*order).offset(query.offset or None)
     if query.limit is not None:
         stmt = stmt.limit(query.limit)
+    if representative:
+        # Page first, then look the representative up for the page's rows only:
+        # PostgreSQL would otherwise evaluate it for every row skipped by OFFSET.
+        stmt = stmt.add_columns(*[c.label(f"o{n}") for n, c in enumerate(order)])
+        page = stmt.subquery("page")
+        keys_in_page = [page.c[f"o{n}"] for n in range(len(order))]
+        stmt = select(page, _representative(level, keys_in_page[-1]).label("representative"))
+        stmt = stmt.order_by(*keys_in_page)
     shape = _Shape(level, upper, tuple(keys), all_keys, representative)
     return stmt, lambda row: _to_json(row, shape)
 
@@ -574,7 +593,8 @@ def _is_lower(json_key: str, level: Level) -> bool:
 def search(session: Session, query: Query) -> list[dict[str, Any]]:
     """Run ``query`` and return one DICOM JSON dict per match, in a stable order.
 
-    The order is the level's primary key, so paging with ``offset`` and ``limit`` walks
+    The order is by primary keys, from the top of the hierarchy down (study, series,
+    instance), so paging with ``offset`` and ``limit`` walks
     the matches once each (PS3.18 8.3.4.4.1: search requests are idempotent).
     """
     dialect = session.get_bind().dialect.name
