@@ -22,6 +22,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -169,7 +170,7 @@ def _search(level: Level, study_uid: str | None = None, series_uid: str | None =
     media_type = _media_type()
     query = parse_query(level, study_uid, series_uid)
     limit = query.limit if query.limit is not None else MAX_LIMIT
-    probe = Query(**{**query.__dict__, "limit": limit + 1})
+    probe = dataclasses.replace(query, limit=limit + 1)
     results = archive().search(probe)
     more = len(results) > limit
     results = results[:limit]
