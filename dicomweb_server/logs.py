@@ -54,5 +54,7 @@ def configure(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(settings.level.upper())
-    # pynetdicom logs every PDU at INFO; its summaries come from our own handlers.
-    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, root.level))
+    # pynetdicom logs every PDU at INFO and Alembic every plugin at start-up; our own
+    # handlers log one summary per association and per migration instead.
+    for chatty in ("pynetdicom", "alembic"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -1,0 +1,92 @@
+"""``dicomweb-server serve`` as a user starts it: both listeners, real clients, one index."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from pydicom.dataset import Dataset
+from pynetdicom import AE
+from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
+
+from tests.factory import make_series
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_for_port(port: int, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.5).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+    raise TimeoutError(f"nothing listens on {port}")
+
+
+@pytest.fixture
+def served(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen]]:
+    http_port, dimse_port = free_port(), free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomweb_server", "serve", "--http-port", str(http_port),
+         "--dimse-port", str(dimse_port), "--aet", "ARCHIVE", "--data-dir", str(tmp_path / "d"),
+         "--workers", "2"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 90
+        wait_for_port(http_port, deadline)
+        wait_for_port(dimse_port, deadline)
+        yield f"http://127.0.0.1:{http_port}/dicom-web", dimse_port, process
+    finally:
+        process.terminate()
+        process.wait(30)
+
+
+def test_serve_runs_dicomweb_and_dimse_on_one_index(served) -> None:
+    from dicomweb_client.api import DICOMwebClient
+
+    url, dimse_port, process = served
+    series = make_series(3)
+    DICOMwebClient(url=url).store_instances(series)
+
+    ae = AE(ae_title="TESTSCU")
+    ae.add_requested_context(Verification)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind)
+    assoc = ae.associate("127.0.0.1", dimse_port, ae_title="ARCHIVE")
+    assert assoc.is_established
+    try:
+        assert assoc.send_c_echo().Status == 0
+        query = Dataset()
+        query.QueryRetrieveLevel = "STUDY"
+        query.StudyInstanceUID = series[0].StudyInstanceUID
+        query.NumberOfStudyRelatedInstances = ""
+        answers = [
+            identifier
+            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+            if status and status.Status == 0xFF00
+        ]
+    finally:
+        assoc.release()
+    assert [int(a.NumberOfStudyRelatedInstances) for a in answers] == [3]
+    assert requests.get(url.rsplit("/", 1)[0] + "/health", timeout=10).status_code == 200
+
+
+def test_serve_prints_where_it_listens(served) -> None:
+    url, dimse_port, process = served
+    process.terminate()
+    output, _ = process.communicate(timeout=30)
+    assert f"DICOMweb listening on {url}" in output
+    assert f"ARCHIVE listening on 127.0.0.1:{dimse_port}" in output
