@@ -344,3 +344,87 @@ def test_large_chunked_upload_in_bounded_memory(tmp_path: Path) -> None:
     finally:
         web.stop()
         archive.close()
+
+
+# -- DICOM JSON + bulk data (PS3.18 10.5.1.2) ---------------------------------------
+
+
+def json_multipart(
+    datasets: list[Dataset], boundary: str = "jsonB", frame_media: str = ""
+) -> bytes:
+    """Metadata part first, then one bulk part per Pixel Data, named by Content-Location."""
+    items, bulk = [], []
+    for n, ds in enumerate(datasets):
+        location = f"http://client.example/bulk/{n}"
+
+        def handler(element, location=location):  # type: ignore[no-untyped-def]
+            return location
+
+        items.append(ds.to_json_dict(bulk_data_threshold=256, bulk_data_element_handler=handler))
+        value = ds.PixelData
+        media = "application/octet-stream"
+        if frame_media:
+            from pydicom.encaps import generate_frames
+
+            [value] = list(generate_frames(ds.PixelData, number_of_frames=1))
+            media = f"{frame_media}; transfer-syntax={ds.file_meta.TransferSyntaxUID}"
+        bulk.append((location, media, value))
+    out = bytearray(f"--{boundary}\r\nContent-Type: application/dicom+json\r\n\r\n".encode())
+    out += json_dumps(items) + b"\r\n"
+    for location, media, value in bulk:
+        out += (
+            (
+                f"--{boundary}\r\nContent-Type: {media}\r\nContent-Location: {location}\r\n\r\n"
+            ).encode()
+            + value
+            + b"\r\n"
+        )
+    out += f"--{boundary}--".encode()
+    return bytes(out)
+
+
+def json_dumps(value: object) -> bytes:
+    import json
+
+    return json.dumps(value).encode()
+
+
+JSON_TYPE = 'multipart/related; type="application/dicom+json"; boundary=jsonB'
+
+
+def test_json_and_bulk_data_store_native_instances(web: WebServer, archive: Archive) -> None:
+    series = make_series(2)
+    response = post(web, json_multipart(series), JSON_TYPE)
+    assert response.status_code == 200, response.text
+    assert len(response.json()["00081199"]["Value"]) == 2
+    by_uid = {i.sop_uid: i for i in archive.instances(series[0].StudyInstanceUID)}
+    for ds in series:
+        stored = dcmread(archive.path(by_uid[ds.SOPInstanceUID]))
+        assert stored.PixelData == ds.PixelData
+        assert stored.PatientName == ds.PatientName
+        assert stored.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1"
+
+
+def test_json_and_compressed_frame_store_encapsulated(web: WebServer, archive: Archive) -> None:
+    from pydicom.encaps import generate_frames
+
+    ds = make_instance(rows=32, columns=32, transfer_syntax=JPEG2000Lossless)
+    response = post(web, json_multipart([ds], frame_media="image/jp2"), JSON_TYPE)
+    assert response.status_code == 200, response.text
+    [stored] = archive.instances(ds.StudyInstanceUID)
+    assert stored.transfer_syntax_uid == JPEG2000Lossless
+    back = dcmread(archive.path(stored))
+    [frame] = list(generate_frames(back.PixelData, number_of_frames=1))
+    [original] = list(generate_frames(ds.PixelData, number_of_frames=1))
+    assert frame == original
+
+
+def test_json_with_missing_bulk_part_fails_that_instance(web: WebServer, archive: Archive) -> None:
+    good, bad = make_series(2)
+    body = json_multipart([good, bad])
+    body = body.replace(b"http://client.example/bulk/1", b"http://client.example/bulk/9", 1)
+    response = post(web, body, JSON_TYPE)
+    assert response.status_code == 202
+    assert failures(response.json()) == [(bad.SOPInstanceUID, 0xC000)]
+    assert "matches no part" in response.headers["Warning"]
+    assert stored_uids(archive, good.StudyInstanceUID) == {good.SOPInstanceUID}

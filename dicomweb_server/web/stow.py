@@ -6,13 +6,19 @@ part goes straight from the request to :meth:`Archive.store` through
 :class:`~.multipart_parser.PartReader`, so memory stays at about one chunk whatever the
 upload's size, and every instance is stored (or refused) before the next one is read.
 An instance refused, or a body that breaks off, never undoes what was stored before it.
+The other form of PS3.18 10.5.1.2, ``type="application/dicom+json"`` (metadata in DICOM
+JSON, bulk data in parts named by Content-Location), is accepted too: bulk parts are
+spooled to temporary files and each instance is written as a Part 10 file by
+:mod:`..archive.jsonstore` before it goes through the same :meth:`Archive.store`.
 
 The answer is a Store Instances Response Module (PS3.18 Annex I) in DICOM JSON, with the
 status of PS3.18 Table 10.5.3-1: 200 all stored, 202 some stored with failures or
 warnings, 409 none stored, 400 none stored because the body could not be understood,
-415 a media type other than ``multipart/related; type="application/dicom"``.  The
-failure and warning reasons come from the tables in :mod:`.errors`; each refusal's text
-goes into a ``Warning: 299`` header (RFC 9111 5.5, PS3.18 8.3.5.1) and the log.
+415 a media type other than ``multipart/related`` of ``application/dicom`` or
+``application/dicom+json`` (or a bare ``application/dicom`` body, accepted as an
+extension).  The failure and warning reasons come from the tables in :mod:`.errors`;
+each refusal's text goes into a ``Warning: 299`` header field (RFC 9111 5.5, as PS3.18
+8.4 and the UPS transactions use it) and the log.
 
 Delete is not part of PS3.18; the resources answer ``204 No Content`` as the Microsoft
 DICOM service and dcm4chee-arc do (``404`` if nothing matches, ``400`` for a malformed UID).
@@ -21,14 +27,18 @@ DICOM service and dcm4chee-arc do (``404`` if nothing matches, ``400`` for a mal
 from __future__ import annotations
 
 import logging
+import shutil
+import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import BadRequest, ClientDisconnected, UnsupportedMediaType
 
 from ..archive import Archive, ArchiveError, Origin, StoreResult, StoreStatus
+from ..archive.jsonstore import BulkResolver, build_part10
 from ..archive.uids import is_valid_uid
 from . import errors
 from .multipart_parser import (
@@ -119,16 +129,10 @@ def store(study: str | None = None) -> Response:
     outcome = Outcome()
     if media_type == "multipart/related":
         root_type = options.get("type", "").strip().lower()
-        if root_type == DICOM_JSON:
-            raise UnsupportedMediaType(
-                "this server stores only Part 10 instances: send multipart/related; "
-                'type="application/dicom" (the DICOM JSON + bulk data form of PS3.18 '
-                "10.5.1.2 is not supported)"
-            )
-        if root_type not in ("", DICOM):
+        if root_type not in ("", DICOM, DICOM_JSON):
             raise UnsupportedMediaType(
                 f'multipart/related type "{root_type}" is not supported; STOW-RS parts must be '
-                '"application/dicom" (PS3.18 10.5.1.2)'
+                '"application/dicom" or "application/dicom+json" (PS3.18 10.5.1.2)'
             )
         boundary = options.get("boundary", "")
         if not boundary:
@@ -139,7 +143,10 @@ def store(study: str | None = None) -> Response:
             reader = MultipartReader(request.stream, boundary)
         except MultipartError as exc:
             raise BadRequest(str(exc)) from exc
-        _store_parts(reader, study, outcome)
+        if root_type == DICOM_JSON:
+            _store_json_parts(reader, study, outcome)
+        else:
+            _store_parts(reader, study, outcome)
     elif media_type == DICOM:
         # One bare Part 10 instance as the whole body: not in PS3.18's STOW-RS, which
         # asks for multipart/related, but sent by some tools (the Microsoft DICOM service
@@ -255,6 +262,112 @@ def _store_one(
         )
         return not isinstance(exc, OSError)
     return True
+
+
+# -- DICOM JSON + bulk data (PS3.18 10.5.1.2) ------------------------------------------
+
+#: Largest DICOM JSON metadata part read into memory.
+MAX_METADATA_SIZE = 64 << 20
+CHUNK_SIZE = 1 << 20
+
+
+def _store_json_parts(reader: MultipartReader, study: str | None, outcome: Outcome) -> None:
+    """Store instances sent as DICOM JSON metadata plus bulk data parts.
+
+    Bulk data parts are spooled to temporary files (the metadata may reference them in
+    any order, and may come after them); each instance is then written as a Part 10
+    file (:func:`~..archive.jsonstore.build_part10`) and stored.
+    """
+    metadata: list[Any] = []
+    with tempfile.TemporaryDirectory(prefix="stow-json-") as folder:
+        bulk: dict[str, tuple[Path, str | None]] = {}
+        try:
+            for part in reader:
+                media_type, params = parse_content_type(part.content_type)
+                if media_type in (DICOM_JSON, "application/json"):
+                    metadata.extend(_read_metadata(part, outcome))
+                    continue
+                location = part.headers.get("content-location", "")
+                if not location:
+                    outcome.failed.append(
+                        Failure(
+                            errors.CANNOT_UNDERSTAND,
+                            f"part {part.index + 1} ({media_type}) has no Content-Location, so "
+                            "no BulkDataURI can refer to it (PS3.18 10.5.1.2)",
+                        )
+                    )
+                    continue
+                path = Path(folder) / f"{len(bulk)}.bulk"
+                with open(path, "wb") as out:
+                    shutil.copyfileobj(part.stream, out, CHUNK_SIZE)  # type: ignore[misc]
+                bulk[location] = (path, params.get("transfer-syntax"))
+        except (MultipartError, ClientDisconnected, OSError) as exc:
+            outcome.body_error = f"the request body is malformed: {exc}"
+        if not metadata and not outcome.failed and not outcome.body_error:
+            outcome.body_error = "the request has no application/dicom+json metadata part"
+        for n, item in enumerate(metadata):
+            _store_json_instance(item, bulk, Path(folder) / f"{n}.dcm", study, outcome)
+
+
+def _read_metadata(part: Part, outcome: Outcome) -> list[Any]:
+    data = bytearray()
+    while chunk := part.stream.read(CHUNK_SIZE):
+        data += chunk
+        if len(data) > MAX_METADATA_SIZE:
+            raise MultipartError(f"a DICOM JSON part exceeds {MAX_METADATA_SIZE} bytes")
+    try:
+        value = json.loads(bytes(data))
+    except ValueError as exc:
+        outcome.failed.append(
+            Failure(errors.CANNOT_UNDERSTAND, f"part {part.index + 1} is not valid JSON: {exc}")
+        )
+        return []
+    return value if isinstance(value, list) else [value]
+
+
+def _resolver(bulk: dict[str, tuple[Path, str | None]]) -> BulkResolver:
+    def resolve(uri: str) -> tuple[bytes, str | None]:
+        found = bulk.get(uri)
+        if found is None:  # absolute in one place, relative in the other
+            found = next((v for k, v in bulk.items() if k.endswith(uri) or uri.endswith(k)), None)
+        if found is None:
+            raise KeyError(uri)
+        return found[0].read_bytes(), found[1]
+
+    return resolve
+
+
+def _json_uid(item: Any, tag: str) -> str:
+    try:
+        return str(item[tag]["Value"][0])
+    except (KeyError, IndexError, TypeError):
+        return ""
+
+
+def _store_json_instance(
+    item: Any,
+    bulk: dict[str, tuple[Path, str | None]],
+    path: Path,
+    study: str | None,
+    outcome: Outcome,
+) -> None:
+    label = f"instance {_json_uid(item, '00080018') or '(no SOPInstanceUID)'}"
+    try:
+        try:
+            with open(path, "wb") as out:
+                build_part10(item, _resolver(bulk), out)
+            outcome.stored.append(_archive().store(path, _origin(), expected_study_uid=study))
+        finally:
+            path.unlink(missing_ok=True)
+    except ArchiveError as exc:
+        outcome.failed.append(
+            Failure(
+                errors.failure_reason(exc),
+                f"{label}: {exc}",
+                exc.sop_class_uid or _json_uid(item, "00080016"),
+                exc.sop_uid or _json_uid(item, "00080018"),
+            )
+        )
 
 
 # -- response ------------------------------------------------------------------------
