@@ -33,7 +33,7 @@ from pydicom.uid import (
 
 OUT = Path(__file__).resolve().parent / "out"
 DATA = OUT / "data"
-FORMAT = 1  #: bump when the generator changes, so stale sets are rebuilt
+FORMAT = 2  #: bump when the generator changes, so stale sets are rebuilt
 ROOT = "1.2.826.0.1.3680043.10.5432."  #: UID root of benchmark data
 SURNAMES = ["SMITH", "JONES", "MILLER", "GARCIA", "MUELLER", "ROSSI", "DUBOIS", "TANAKA",
             "NOVAK", "SILVA", "JANSEN", "NILSSON", "KOWALSKI", "HORVAT", "PETROV", "OKAFOR",
@@ -167,7 +167,7 @@ def ct_series(name: str, slices: int, *, size: int = 512, transfer_syntax: str =
         pixels = phantom(size, size, seed * 100_003 + index % 50)
         ds = _ct_slice(study_uid, series_uid, sop_uid, f"BENCH^{name.upper()}", index, pixels)
         if transfer_syntax:
-            ds.compress(UID(transfer_syntax))
+            ds.compress(UID(transfer_syntax), generate_instance_uid=False)
         file, length = _write(folder, index, ds)
         sop_uids.append(sop_uid)
         files.append(file)

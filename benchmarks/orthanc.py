@@ -106,6 +106,9 @@ def configuration(workdir: Path, http_port: int, dimse_port: int, client_port: i
 
 def start_orthanc() -> Orthanc:
     """Start Orthanc on free ports; raise :class:`StartError` if it does not come up."""
+    if not process.isolated():
+        raise StartError("Orthanc binds every interface: start it only inside a private "
+                         "network namespace (python -m benchmarks.run does that)")
     if not shutil.which("Orthanc") or not plugin_path():
         raise StartError("Orthanc or its DICOMweb plugin is not installed")
     workdir = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))

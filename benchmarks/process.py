@@ -30,6 +30,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def isolated() -> bool:
+    """Whether this process sees no network interface but loopback.
+
+    Asked through ``if_nameindex`` (netlink), because ``/sys/class/net`` shows the
+    namespace that mounted sysfs, not the caller's.
+    """
+    return [name for _index, name in socket.if_nameindex()] == ["lo"]
+
+
 def wait_http(url: str, process: subprocess.Popen, log: Path, timeout: float = 60.0) -> None:
     """Poll ``url`` until it answers 200, the process dies, or ``timeout`` passes."""
     deadline = time.monotonic() + timeout

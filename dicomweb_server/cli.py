@@ -245,5 +245,31 @@ def upgrade(config_file: Path | None, data_dir: Path | None) -> None:
     click.echo(f"index at {writer.url.render_as_string(hide_password=True)} is up to date")
 
 
+@main.command()
+@click.argument("name")
+@_option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice(["read", "write", "delete", "admin"]),
+    help="Role of the key; repeatable.",
+)
+def apikey(name: str, roles: tuple[str, ...]) -> None:
+    """Mint an API key for NAME and print the configuration line that admits it.
+
+    The key is printed once and stored nowhere: give it to the script's owner.  The
+    configuration keeps only its SHA-256 (add the printed line under [auth.api_keys]
+    and include "apikey" in auth.mode).
+    """
+    from .web.auth import hash_api_key, mint_api_key
+
+    key = mint_api_key()
+    roles_toml = ", ".join(f'"{r}"' for r in dict.fromkeys(roles))
+    click.echo(f"key:  {key}")
+    click.echo("add under [auth.api_keys]:")
+    click.echo(f'"{name}" = {{ hash = "{hash_api_key(key)}", roles = [{roles_toml}] }}')
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

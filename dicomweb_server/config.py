@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -127,6 +127,113 @@ class LogSettings(_Section):
     format: str = "text"
 
 
+# -- auth (access control and audit trail; see web/auth.py) ---------------------------
+
+
+class Role(enum.StrEnum):
+    """What a caller may do; ``admin`` implies the other three."""
+
+    READ = "read"  #: QIDO-RS and WADO-RS (GET)
+    WRITE = "write"  #: STOW-RS (POST)
+    DELETE = "delete"  #: DELETE of studies, series, instances
+    ADMIN = "admin"  #: the audit trail, and everything else
+
+
+class AuthMethod(enum.StrEnum):
+    JWT = "jwt"  #: OAuth2 / OpenID Connect bearer tokens (signed JWTs)
+    API_KEY = "apikey"  #: static keys, stored only as hashes
+
+
+#: Token signature algorithms that may be allowed: asymmetric only, so a key from the
+#: issuer's JWKS can never be used as an HMAC secret (algorithm confusion), and never "none".
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+
+
+class ApiKey(_Section):
+    #: ``sha256:<64 hex digits>``: SHA-256 of the key; ``dicomweb-server apikey`` mints one.
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    roles: list[Role] = []
+
+
+class AuthSettings(_Section):
+    #: ``none`` (every caller may do everything), or ``jwt``, ``apikey``, ``jwt,apikey``.
+    mode: str = "none"
+    #: Realm named in ``WWW-Authenticate`` challenges (RFC 6750 3).
+    realm: str = "dicomweb"
+    #: JWT: the issuer's JWKS, by URL (fetched and cached) or as a local file.
+    jwks_url: str = ""
+    jwks_file: Path | None = None
+    #: Seconds the keys fetched from ``jwks_url`` are cached.
+    jwks_cache_seconds: int = Field(default=300, ge=0)
+    #: JWT: required ``iss`` and ``aud`` values.
+    issuer: str = ""
+    audience: str = ""
+    algorithms: list[str] = ["RS256", "ES256"]
+    #: Seconds of clock skew allowed when checking ``exp`` and ``nbf``.
+    leeway: float = Field(default=30.0, ge=0)
+    #: Claim naming the user in logs and the audit trail.
+    user_claim: str = "sub"
+    #: Claim holding the caller's roles; dots walk into objects (``realm_access.roles``).
+    roles_claim: str = "roles"
+    #: Claim value -> our roles.  Values not listed grant nothing.
+    role_map: dict[str, list[Role]] = {
+        "read": [Role.READ],
+        "write": [Role.WRITE],
+        "delete": [Role.DELETE],
+        "admin": [Role.ADMIN],
+    }
+    #: API keys by name: ``{name = {hash = "sha256:...", roles = ["read"]}}``.
+    api_keys: dict[str, ApiKey] = {}
+    #: Record DICOMweb requests in the audit table (the log gets them regardless).
+    audit: bool = True
+
+    @field_validator("mode")
+    @classmethod
+    def _parse_mode(cls, value: str) -> str:
+        words = {w.strip().lower() for w in value.replace("+", ",").split(",") if w.strip()}
+        if words in ({"none"}, set()):
+            return "none"
+        unknown = words - {m.value for m in AuthMethod}
+        if unknown:
+            raise ValueError(f"auth.mode: unknown {sorted(unknown)}; use none, jwt, apikey")
+        return ",".join(sorted(words, key=[m.value for m in AuthMethod].index))
+
+    @field_validator("algorithms")
+    @classmethod
+    def _asymmetric_only(cls, value: list[str]) -> list[str]:
+        bad = [a for a in value if a not in ASYMMETRIC_ALGORITHMS]
+        if bad:
+            raise ValueError(
+                f"auth.algorithms: {bad} not allowed; choose from {sorted(ASYMMETRIC_ALGORITHMS)}"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _complete(self) -> AuthSettings:
+        if AuthMethod.JWT in self.methods:
+            missing = [
+                name
+                for name, ok in (
+                    ("jwks_url or jwks_file", self.jwks_url or self.jwks_file),
+                    ("issuer", self.issuer),
+                    ("audience", self.audience),
+                )
+                if not ok
+            ]
+            if missing:
+                raise ValueError(f"auth.mode includes jwt but {', '.join(missing)} is not set")
+        return self
+
+    @property
+    def methods(self) -> frozenset[AuthMethod]:
+        """The enabled methods; empty when ``mode`` is ``none``."""
+        if self.mode == "none":
+            return frozenset()
+        return frozenset(AuthMethod(m) for m in self.mode.split(","))
+
+
 class Settings(BaseSettings):
     """Every option of the archive; see ``config/dicomweb-server.toml``."""
 
@@ -143,6 +250,7 @@ class Settings(BaseSettings):
     http: HttpSettings = HttpSettings()
     dimse: DimseSettings = DimseSettings()
     log: LogSettings = LogSettings()
+    auth: AuthSettings = AuthSettings()
 
     # The TOML file is chosen at load time, so it travels in a class attribute that
     # ``load_settings`` sets for the duration of one construction.

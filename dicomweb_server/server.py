@@ -37,6 +37,11 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 
 def _prepare(settings: Settings) -> None:
+    from .web.auth import open_access_warning
+
+    warning = open_access_warning(settings)  # auth.mode = "none" off loopback
+    if warning:
+        log.warning(warning)
     settings.storage.data_dir.mkdir(parents=True, exist_ok=True)
     _reader, writer = index.make_engines(settings.database_url)
     index.upgrade(writer, settings.storage.data_dir)

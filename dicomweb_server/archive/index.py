@@ -134,6 +134,28 @@ class Instance(Base):
     received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
+class AuditEvent(Base):
+    """Who stored, searched, retrieved or deleted what, when, from where; see audit.py."""
+
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_events_study_at", "study_uid", "at"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), index=True)
+    user: Mapped[str] = mapped_column(String(256), index=True)
+    #: store, search, retrieve, delete, audit, other (audit.Action).
+    action: Mapped[str] = mapped_column(String(16))
+    #: DICOMweb or DIMSE; the HTTP method or DIMSE command; the path or calling AE.
+    protocol: Mapped[str] = mapped_column(String(16))
+    method: Mapped[str] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(String(2048))
+    study_uid: Mapped[str] = mapped_column(UID)
+    address: Mapped[str] = mapped_column(String(256))
+    #: HTTP status or DIMSE status; number of instances where known.
+    status: Mapped[int] = mapped_column(Integer)
+    instances: Mapped[int | None] = mapped_column(Integer)
+
+
 # -- engines ---------------------------------------------------------------------------
 
 

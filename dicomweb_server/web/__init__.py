@@ -23,7 +23,7 @@ def archive() -> Archive:
 
 def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     """Build the WSGI app; ``archive`` is opened from ``settings`` unless given."""
-    from . import qido, stow, wado
+    from . import admin, auth, qido, stow, wado
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = None
@@ -35,11 +35,21 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
         app.register_blueprint(module.blueprint, url_prefix=base or None)
     errors.register(app)
     compress.install(app)
+    # auth: after compress, so that its after_request hook (audit) runs before gzip.
+    app.register_blueprint(admin.blueprint, url_prefix="/admin")
+    auth.install(app, settings, app.extensions["archive"])
     if settings.http.cors_origins:
         CORS(
             app,
             origins=settings.http.cors_origins,
-            expose_headers=["Content-Type", "Content-Length", "ETag", "Warning", "Location"],
+            expose_headers=[
+                "Content-Type",
+                "Content-Length",
+                "ETag",
+                "Warning",
+                "Location",
+                "WWW-Authenticate",
+            ],
             max_age=3600,
         )
     if settings.http.trusted_proxies:
