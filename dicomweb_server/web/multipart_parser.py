@@ -82,6 +82,7 @@ class MultipartReader:
         # which may open the body without a preceding CRLF, match the same pattern.
         self._delimiter = b"\r\n--" + boundary
         self._buffer = bytearray(b"\r\n")
+        self._scanned = 0
         self._eof = False
         self._finished = False
         self._current: PartReader | None = None
@@ -101,30 +102,44 @@ class MultipartReader:
         self._buffer += chunk
         return True
 
+    def _take(self, count: int) -> bytes:
+        """Remove and return the first ``count`` bytes of the buffer (one copy)."""
+        with memoryview(self._buffer) as view:
+            data = bytes(view[:count])
+        del self._buffer[:count]
+        return data
+
     def _read_part_data(self, size: int) -> tuple[bytes, bool]:
-        """Up to ``size`` bytes of the current part, and whether the part ended."""
+        """Up to ``size`` bytes of the current part, and whether the part ended.
+
+        Returns what is buffered rather than waiting for ``size`` bytes, and never scans
+        the same bytes for the delimiter twice (``_scanned``: a prefix of the buffer known
+        not to hold the start of a delimiter).
+        """
         delimiter = self._delimiter
+        keep = len(delimiter) - 1
         while True:
-            index = self._buffer.find(delimiter)
+            index = self._buffer.find(delimiter, self._scanned)
             if index >= 0:
                 take = min(index, size)
-                data = bytes(self._buffer[:take])
-                del self._buffer[:take]
+                data = self._take(take)
                 if take == index:
                     del self._buffer[: len(delimiter)]
+                    self._scanned = 0
                     return data, True
+                self._scanned = 0
                 return data, False
-            # Everything but a possible start of the delimiter at the end is safe to return.
-            safe = len(self._buffer) - (len(delimiter) - 1)
-            if safe >= size or (safe > 0 and self._eof):
+            # Everything but a possible start of the delimiter at the end is part data.
+            safe = len(self._buffer) - keep
+            self._scanned = max(safe, 0)
+            if safe > 0:
                 take = min(safe, size)
-                data = bytes(self._buffer[:take])
-                del self._buffer[:take]
-                return data, False
+                self._scanned -= take
+                return self._take(take), False
             if not self._fill():
                 if self._buffer:
-                    data = bytes(self._buffer[:size])
-                    del self._buffer[: len(data)]
+                    data = self._take(min(len(self._buffer), size))
+                    self._scanned = 0
                     return data, False
                 raise TruncatedBody(
                     "the request body ended inside a part, before the closing boundary "
