@@ -15,7 +15,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom.uid import AllTransferSyntaxes, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    AllTransferSyntaxes,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    JPEGLossless,
+    JPEGLosslessSV1,
+    JPEGLSLossless,
+    RLELossless,
+)
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
 from pynetdicom.presentation import AllStoragePresentationContexts
@@ -36,15 +49,25 @@ from .store import handle_store
 
 log = logging.getLogger(__name__)
 
-#: Transfer syntaxes accepted for storage: every one pydicom knows (uncompressed, big
-#: endian, deflated, JPEG baseline/extended/lossless, JPEG-LS, JPEG 2000, HTJ2K, RLE,
-#: MPEG/HEVC...), uncompressed first.  The requestor's order of preference decides which
-#: one a context gets (PS3.8 9.3.3.2); we store whatever arrives, as it arrives.
 #: Query/Retrieve identifiers and Verification need only the uncompressed syntaxes.
 PLAIN_TRANSFER_SYNTAXES: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
-STORAGE_TRANSFER_SYNTAXES: list[str] = PLAIN_TRANSFER_SYNTAXES + [
-    str(ts) for ts in AllTransferSyntaxes if ts not in PLAIN_TRANSFER_SYNTAXES
+#: Lossless encodings an SCU would otherwise have to decode for us (PS3.5 A.4, A.6-A.7).
+_LOSSLESS: list[str] = [
+    RLELossless, JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless,
+    JPEG2000MCLossless, HTJ2KLossless, HTJ2KLosslessRPCL, DeflatedExplicitVRLittleEndian,
 ]
+#: Transfer syntaxes accepted for storage, in our order of preference: pynetdicom gives
+#: a proposed context the first of *these* that the requestor listed (PS3.8 9.3.3.2
+#: leaves the choice to the acceptor).  Lossless compressed first, because an SCU
+#: offering one in a context usually holds its data that way and would otherwise decode
+#: it for us; then uncompressed; lossy syntaxes (JPEG baseline, JPEG 2000, HTJ2K,
+#: JPEG-LS near-lossless, video...) last, so that we never make an SCU compress lossily
+#: what it also offered losslessly.  Every one pydicom knows is stored as received.
+STORAGE_TRANSFER_SYNTAXES: list[str] = (
+    _LOSSLESS
+    + PLAIN_TRANSFER_SYNTAXES
+    + [str(ts) for ts in AllTransferSyntaxes if ts not in _LOSSLESS + PLAIN_TRANSFER_SYNTAXES]
+)
 
 # PS3.8 Table 9-21, A-ASSOCIATE-RJ: result rejected-permanent, source service-user,
 # reason calling-AE-title-not-recognized.
