@@ -653,3 +653,66 @@ def test_get_without_storage_role_reports_failures(
     assert final.NumberOfFailedSuboperations == 1
     assert final_identifier.FailedSOPInstanceUIDList == stored.b_series[0].SOPInstanceUID
     assert received == []
+
+
+# -- the real entry point and several listeners on one index ----------------------------
+
+
+def test_dimse_command_serves_until_sigterm(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dicomweb_server", "dimse", "--dimse-port", "0",
+         "--data-dir", str(tmp_path / "data")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )
+    try:
+        line = process.stdout.readline()  # "DIMSE DICOMWEB listening on 127.0.0.1:PORT"
+        assert "listening on 127.0.0.1:" in line, process.stderr.read()
+        port = int(line.rsplit(":", 1)[1])
+        ds = make_instance()
+        (result,) = _store(port, [ds])
+        assert result.Status == 0x0000
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+        assert "association" in process.stderr.read()  # the per-association log line
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_two_listeners_on_one_index(settings: Settings) -> None:
+    import threading
+
+    archives = [Archive(settings), Archive(settings)]
+    handles = [dimse_scp.start(settings, a) for a in archives]
+    try:
+        study = make_instance().StudyInstanceUID
+        batches = [make_series(5, study_uid=study) for _ in range(2)]
+        errors: list[BaseException] = []
+
+        def send(port: int, batch: list[Dataset]) -> None:
+            try:
+                statuses = _store(port, batch)
+                assert [s.Status for s in statuses] == [0] * len(batch)
+            except BaseException as exc:  # reported below, from the test thread
+                errors.append(exc)
+
+        threads = [threading.Thread(target=send, args=(h.port, b))
+                   for h, b in zip(handles, batches, strict=True)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert not errors
+        assert len(archives[0].instances(study)) == 10
+    finally:
+        for handle in handles:
+            handle.shutdown()
+        for archive in archives:
+            archive.close()
