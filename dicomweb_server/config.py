@@ -234,6 +234,59 @@ class AuthSettings(_Section):
         return frozenset(AuthMethod(m) for m in self.mode.split(","))
 
 
+# -- deid: de-identification on ingest (PS3.15 Annex E); see archive/deid/ ---------------
+
+
+class DeidProfileSettings(_Section):
+    #: PS3.15 E.3 options, by name: clean_graphics, clean_structured_content,
+    #: clean_descriptors, retain_longitudinal_full_dates, retain_longitudinal_modified_dates,
+    #: retain_patient_characteristics, retain_device_identity, retain_uids,
+    #: retain_safe_private, retain_institution_identity.
+    options: list[str] = []
+    #: Private attributes kept by retain_safe_private, as "CREATOR,gggg,ee" (ee: the
+    #: element's last two hex digits), e.g. "GEMS_PARM_01,0043,39".
+    safe_private: list[str] = []
+
+
+class DeidSettings(_Section):
+    #: De-identify incoming instances whose source selects a profile.
+    enabled: bool = False
+    #: HMAC key of every pseudonym; required when enabled; keep it stable and secret.
+    secret: str = ""
+    #: Root of replacement UIDs; "2.25" gives UUID-derived UIDs (PS3.5 B.2).
+    uid_root: str = "2.25"
+    #: Prefix of pseudonymous Patient IDs and names.
+    id_prefix: str = "ANON-"
+    #: Modified dates move back by 1 to this many days, one offset per patient.
+    max_date_shift: int = Field(default=3650, ge=1)
+    #: X/Z, X/D, Z/D, X/Z/D, X/Z/U*: "conform" (keep IODs valid) or "remove" (first action).
+    compound_actions: str = "conform"
+    #: Profile for sources not listed in ``sources``; "" means store unchanged.
+    default_profile: str = ""
+    #: Named profiles: ``[deid.profiles.research] options = ["retain_uids"]``.
+    profiles: dict[str, DeidProfileSettings] = {}
+    #: Calling AE title or STOW-RS source name -> profile name ("" for none).
+    sources: dict[str, str] = {}
+    #: "none" keeps no link back; "encrypted" seals the original identity with the
+    #: admin's RSA public key (crosswalk_public_key) in the deid_crosswalk table.
+    crosswalk: str = "none"
+    crosswalk_public_key: Path | None = None
+    #: Quarantine instances that may carry burned-in identifying text instead of
+    #: publishing them: Burned In Annotation YES, these modalities, these SOP classes.
+    quarantine_burned_in: bool = True
+    quarantine_modalities: list[str] = ["US"]
+    quarantine_sop_classes: list[str] = [
+        "1.2.840.10008.5.1.4.1.1.7",
+        "1.2.840.10008.5.1.4.1.1.7.1",
+        "1.2.840.10008.5.1.4.1.1.7.2",
+        "1.2.840.10008.5.1.4.1.1.7.3",
+        "1.2.840.10008.5.1.4.1.1.7.4",
+    ]
+
+
+# -- end deid ----------------------------------------------------------------------------
+
+
 class Settings(BaseSettings):
     """Every option of the archive; see ``config/dicomweb-server.toml``."""
 
@@ -251,6 +304,7 @@ class Settings(BaseSettings):
     dimse: DimseSettings = DimseSettings()
     log: LogSettings = LogSettings()
     auth: AuthSettings = AuthSettings()
+    deid: DeidSettings = DeidSettings()
 
     # The TOML file is chosen at load time, so it travels in a class attribute that
     # ``load_settings`` sets for the duration of one construction.

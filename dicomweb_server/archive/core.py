@@ -44,7 +44,20 @@ class Archive:
         self.reader = index.session_factory(self.reader_engine)
         self.writer = index.session_factory(self.writer_engine)
         self.storage.clean_temporary()
-        self._ingest = Ingest(self.storage, self.writer_engine, self.reader, settings.ingest)
+        deid = None
+        if settings.deid.enabled:  # de-identification on ingest (archive/deid)
+            from .deid.deidentifier import Deidentifier
+
+            deid = Deidentifier(
+                settings.deid,
+                self.storage,
+                self.writer_engine,
+                data_dir,
+                settings.ingest.bulk_data_threshold,
+            )
+        self._ingest = Ingest(
+            self.storage, self.writer_engine, self.reader, settings.ingest, deid=deid
+        )
 
     # -- the calls the fronts make ---------------------------------------------------
 

@@ -156,6 +156,37 @@ class AuditEvent(Base):
     instances: Mapped[int | None] = mapped_column(Integer)
 
 
+class DeidCrosswalk(Base):
+    """Pseudonym -> original identity, sealed for the admin's private key (archive/deid)."""
+
+    __tablename__ = "deid_crosswalk"
+    __table_args__ = (UniqueConstraint("kind", "pseudonym", name="uq_deid_crosswalk"),)
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(16))  #: "patient" or "study"
+    pseudonym: Mapped[str] = mapped_column(String(128))
+    sealed: Mapped[str] = mapped_column(Text)  #: RSA-OAEP key + Fernet token, base64
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
+class DeidQuarantine(Base):
+    """De-identified instances held back for review of burned-in text (archive/deid)."""
+
+    __tablename__ = "deid_quarantine"
+
+    id: Mapped[int] = mapped_column(ID, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(UID, unique=True)
+    study_uid: Mapped[str] = mapped_column(UID, index=True)
+    series_uid: Mapped[str] = mapped_column(UID)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    reason: Mapped[str] = mapped_column(String(256))
+    path: Mapped[str] = mapped_column(String(300))  #: relative to <data_dir>/quarantine
+    origin_protocol: Mapped[str] = mapped_column(String(16))
+    origin_ae: Mapped[str] = mapped_column(String(64))
+    origin_source: Mapped[str] = mapped_column(String(64))
+    received_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
+
+
 # -- engines ---------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.engine import Connection, Engine
@@ -38,6 +38,9 @@ from .index import Instance, Patient, Series, Study
 from .parse import ParsedInstance, parse_instance
 from .storage import Received, Storage, instance_key
 
+if TYPE_CHECKING:
+    from .deid.deidentifier import Deidentifier
+
 log = logging.getLogger(__name__)
 
 _RETRIES = 5
@@ -51,12 +54,14 @@ class Origin:
     ae_title: str = ""  #: calling AE title (DIMSE)
     address: str = ""  #: remote address ("10.0.0.5:40312") or file path (import)
     user: str = ""  #: HTTP client or authenticated user
+    source: str = ""  #: route-given source name (STOW-RS /sources/{name}); selects deid
 
 
 class StoreStatus(enum.StrEnum):
     STORED = "stored"
     DUPLICATE = "duplicate"  #: already stored; the new copy was dropped (policy "keep")
     REPLACED = "replaced"  #: already stored; the new copy replaced it (policy "replace")
+    QUARANTINED = "quarantined"  #: de-identified but held for review (archive/deid/quarantine)
 
 
 @dataclass(frozen=True)
@@ -79,11 +84,13 @@ class Ingest:
         writer: Engine,
         reader: sessionmaker[Session],
         settings: IngestSettings,
+        deid: Deidentifier | None = None,
     ) -> None:
         self.storage = storage
         self.writer = writer
         self.reader = reader
         self.settings = settings
+        self.deid = deid  #: de-identification on ingest (archive/deid), None when off
 
     def store(
         self,
@@ -110,6 +117,11 @@ class Ingest:
                     f"StudyInstanceUID {parsed.study_uid} differs from the study "
                     f"{expected_study_uid} in the request URL"
                 )
+            if self.deid is not None:  # -- deid hook: swap in the de-identified copy
+                applied = self.deid.apply(received, parsed, origin)
+                received, parsed = applied.received, applied.parsed
+                if applied.quarantined:
+                    return self._result(parsed, StoreStatus.QUARANTINED)
             early = self._check_duplicate(parsed)
             if early is not None:
                 self.storage.discard(received)

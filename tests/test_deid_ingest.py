@@ -1,0 +1,274 @@
+"""De-identification on ingest: real archives, files, STOW-RS over HTTP, C-STORE over TCP."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from pydicom import config as pydicom_config
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+from pydicom.uid import RLELossless
+from pydicom.valuerep import validate_value
+
+from dicomweb_server.archive import Archive, Origin
+from dicomweb_server.archive.deid import batch, crosswalk, quarantine
+from dicomweb_server.archive.deid.pseudonyms import Pseudonyms
+from dicomweb_server.archive.errors import NotFound
+from dicomweb_server.archive.ingest import StoreStatus
+from dicomweb_server.config import Settings
+
+from .conftest import make_settings
+from .factory import make_instance, make_series, uid, write
+
+SECRET = "ingest-test-secret"
+_STRING_VRS = {
+    "AE",
+    "AS",
+    "CS",
+    "DA",
+    "DS",
+    "DT",
+    "IS",
+    "LO",
+    "LT",
+    "PN",
+    "SH",
+    "ST",
+    "TM",
+    "UC",
+    "UI",
+    "UR",
+    "UT",
+}
+DEID: dict[str, Any] = {
+    "enabled": True,
+    "secret": SECRET,
+    "default_profile": "research",
+    "profiles": {
+        "research": {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]},
+    },
+    "sources": {"MODALITY1": "research", "RAW": ""},
+}
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return make_settings(tmp_path / "data", database_url, deid=DEID)
+
+
+def _stored(archive: Archive, study_uid: str) -> list[Dataset]:
+    return [dcmread(archive.path(i)) for i in archive.instances(study_uid)]
+
+
+def _pixel_bytes(ds: Dataset) -> bytes:
+    return bytes(ds.PixelData)
+
+
+def test_two_parts_of_a_study_over_stow_and_c_store_become_one_study(
+    settings: Settings, archive: Archive, web: Any, dicomweb: Any
+) -> None:
+    dimse_fixtures = pytest.importorskip("tests.dimse_fixtures")
+    from pydicom.uid import CTImageStorage
+
+    originals = make_series(2)
+    study = originals[0].StudyInstanceUID
+    originals[1].SeriesInstanceUID = uid()  # the second part is another series
+    # Part 1: STOW-RS over HTTP (no source name: the default profile applies).
+    dicomweb.store_instances([originals[0]])
+    # Part 2: C-STORE from calling AE MODALITY1, mapped to the same profile.
+    handle = dimse_fixtures.dimse_scp.start(settings, archive)
+    try:
+        assoc = dimse_fixtures.associate(handle.port, [CTImageStorage], ae_title="MODALITY1")
+        assert assoc.is_established
+        status = assoc.send_c_store(originals[1])
+        assoc.release()
+        assert status.Status == 0x0000
+    finally:
+        handle.shutdown()
+    pseudo_study = Pseudonyms(SECRET).uid(study)
+    with pytest.raises(NotFound):
+        archive.instances(study)
+    stored = _stored(archive, pseudo_study)
+    assert len(stored) == 2
+    assert {ds.PatientID for ds in stored} == {Pseudonyms(SECRET).patient_id("PID001")}
+    assert {ds.SeriesInstanceUID for ds in stored} == {
+        Pseudonyms(SECRET).uid(o.SeriesInstanceUID) for o in originals
+    }
+    by_sop = {ds.SOPInstanceUID: ds for ds in stored}
+    for original in originals:
+        copy = by_sop[Pseudonyms(SECRET).uid(original.SOPInstanceUID)]
+        assert _pixel_bytes(copy) == _pixel_bytes(original)
+        assert copy.file_meta.MediaStorageSOPInstanceUID == copy.SOPInstanceUID
+        assert copy.PatientIdentityRemoved == "YES"
+        assert copy.StudyDate != original.StudyDate  # shifted, per patient
+        assert "Doe" not in str(copy.PatientName)
+        assert "ReferringPhysicianName" in copy and not copy.ReferringPhysicianName
+    # The index and the metadata JSON reflect the de-identified header.
+    metadata = "".join(archive.metadata(pseudo_study))
+    assert "PID001" not in metadata and "Doe" not in metadata and study not in metadata
+
+
+def test_same_patient_gets_the_same_pseudonym_after_a_restart(settings: Settings) -> None:
+    first = Archive(settings)
+    a = make_instance()
+    first.store(_path(a, settings), Origin("DIMSE", ae_title="MODALITY1"))
+    first.close()
+    second = Archive(settings)  # a new process would build exactly this
+    b = make_instance()
+    c = make_instance(PatientID="OTHER")
+    for ds in (b, c):
+        second.store(_path(ds, settings), Origin("DIMSE", ae_title="MODALITY1"))
+    p = Pseudonyms(SECRET)
+    ids = [_stored(second, p.uid(ds.StudyInstanceUID))[0].PatientID for ds in (a, b, c)]
+    dates = [_stored(second, p.uid(ds.StudyInstanceUID))[0].StudyDate for ds in (a, b, c)]
+    second.close()
+    assert ids[0] == ids[1] != ids[2]
+    assert dates[0] == dates[1]  # one offset per patient: intervals survive
+
+
+def _path(ds: Dataset, settings: Settings) -> Path:
+    return write(ds, settings.storage.data_dir.parent / "in")
+
+
+def test_a_source_mapped_to_no_profile_is_stored_unchanged(archive: Archive) -> None:
+    ds = make_instance()
+    result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="RAW"))
+    assert result.study_uid == ds.StudyInstanceUID
+    assert _stored(archive, ds.StudyInstanceUID)[0].PatientID == "PID001"
+
+
+def test_encapsulated_pixel_data_is_copied_without_decoding(archive: Archive) -> None:
+    ds = make_instance(frames=3, transfer_syntax=RLELossless)
+    result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="MODALITY1"))
+    copy = _stored(archive, result.study_uid)[0]
+    assert copy.file_meta.TransferSyntaxUID == RLELossless
+    assert _pixel_bytes(copy) == _pixel_bytes(ds)
+    assert (copy.pixel_array == ds.pixel_array).all()
+    frames = archive.instances(result.study_uid)[0]
+    assert frames.sop_uid == copy.SOPInstanceUID
+
+
+def test_burned_in_text_is_quarantined_then_released_or_rejected(archive: Archive) -> None:
+    us = make_instance(Modality="US")
+    flagged = make_instance(BurnedInAnnotation="YES")
+    origin = Origin("DIMSE", ae_title="MODALITY1")
+    results = [archive.store(_path(ds, archive.settings), origin) for ds in (us, flagged)]
+    assert [r.status for r in results] == [StoreStatus.QUARANTINED] * 2
+    for result in results:
+        with pytest.raises(NotFound):
+            archive.instances(result.study_uid)
+    held = quarantine.listing(archive)
+    assert [h.sop_uid for h in held] == [r.sop_uid for r in results]
+    assert "US" in held[0].reason and "Burned In Annotation" in held[1].reason
+    assert dcmread(held[0].path).PatientIdentityRemoved == "YES"
+    released = quarantine.release(archive, held[0].sop_uid)
+    assert released.status is StoreStatus.STORED
+    assert _stored(archive, released.study_uid)[0].SOPInstanceUID == held[0].sop_uid
+    quarantine.reject(archive, held[1].sop_uid)
+    assert not held[1].path.exists()
+    assert quarantine.listing(archive) == []
+
+
+@pytest.fixture
+def admin_key(tmp_path: Path) -> Iterator[tuple[Path, bytes]]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    public = tmp_path / "crosswalk.pub.pem"
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    private = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    yield public, private
+
+
+def test_encrypted_crosswalk_is_readable_only_with_the_admin_key(
+    tmp_path: Path, database_url: str, admin_key: tuple[Path, bytes]
+) -> None:
+    public, private = admin_key
+    deid = {**DEID, "crosswalk": "encrypted", "crosswalk_public_key": public}
+    settings = make_settings(tmp_path / "data", database_url, deid=deid)
+    archive = Archive(settings)
+    try:
+        ds = make_instance()
+        result = archive.store(_path(ds, settings), Origin("DIMSE", ae_title="MODALITY1"))
+        pseudonym = Pseudonyms(SECRET).patient_id("PID001")
+        found = crosswalk.reveal(archive.writer_engine, private, "patient", pseudonym)
+        assert found == {"PatientID": "PID001", "IssuerOfPatientID": "", "PatientName": "Doe^John"}
+        study = crosswalk.reveal(archive.writer_engine, private, "study", result.study_uid)
+        assert study == {"StudyInstanceUID": ds.StudyInstanceUID}
+        other = rsa.generate_private_key(public_exponent=65537, key_size=2048).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        with pytest.raises(ValueError):
+            crosswalk.reveal(archive.writer_engine, other, "patient", pseudonym)
+    finally:
+        archive.close()
+
+
+def test_existing_study_is_copied_into_a_deidentified_one(
+    tmp_path: Path, database_url: str
+) -> None:
+    settings = make_settings(tmp_path / "data", database_url, deid={**DEID, "enabled": False})
+    archive = Archive(settings)
+    try:
+        originals = make_series(3)
+        for ds in originals:
+            archive.store(_path(ds, settings), Origin("IMPORT"))
+        study = originals[0].StudyInstanceUID
+        result = batch.deidentify_studies(archive, [study], "research", progress=False)
+        assert len(result.stored) == 3
+        pseudo = Pseudonyms(SECRET).uid(study)
+        assert {r.study_uid for r in result.stored} == {pseudo}
+        assert len(archive.instances(study)) == 3  # the originals stay
+        assert {ds.PatientID for ds in _stored(archive, pseudo)} == {
+            Pseudonyms(SECRET).patient_id("PID001")
+        }
+    finally:
+        archive.close()
+
+
+def test_output_passes_pydicom_and_dciodvfy(archive: Archive, tmp_path: Path) -> None:
+    ds = make_instance(InstitutionName="General Hospital", OperatorsName="Smith^Bob")
+    source = _path(ds, archive.settings)
+    result = archive.store(source, Origin("DIMSE", ae_title="MODALITY1"))
+    stored = archive.path(archive.instances(result.study_uid)[0])
+    with pydicom_config.strict_reading():
+        copy = dcmread(stored)
+        for element in copy.iterall():
+            values = element.value if element.VM > 1 else [element.value]
+            for value in values:
+                if element.VR in _STRING_VRS:
+                    validate_value(element.VR, str(value), pydicom_config.RAISE)
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not installed (apt package dicom3tools)")
+
+    def errors(path: Path) -> set[str]:
+        run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+        lines = (run.stdout + run.stderr).splitlines()
+        return {line for line in lines if line.startswith("Error")}
+
+    # De-identification must not make an instance less valid than it arrived.
+    assert errors(stored) <= errors(source)
+
+
+def test_invalid_profile_configuration_fails_at_start(tmp_path: Path) -> None:
+    bad = {**DEID, "profiles": {"research": {"options": ["retain_everything"]}}}
+    with pytest.raises(ValueError, match="retain_everything"):
+        Archive(make_settings(tmp_path / "d1", deid=bad))
+    no_secret = {**DEID, "secret": ""}
+    with pytest.raises(ValueError, match="secret"):
+        Archive(make_settings(tmp_path / "d2", deid=no_secret))
