@@ -428,3 +428,74 @@ def test_json_with_missing_bulk_part_fails_that_instance(web: WebServer, archive
     assert failures(response.json()) == [(bad.SOPInstanceUID, 0xC000)]
     assert "matches no part" in response.headers["Warning"]
     assert stored_uids(archive, good.StudyInstanceUID) == {good.SOPInstanceUID}
+
+
+# -- under gunicorn ------------------------------------------------------------------
+
+
+def test_chunked_upload_under_gunicorn(tmp_path: Path) -> None:
+    """gunicorn hands the app a de-chunked stream with no Content-Length: it must work."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    data_dir = tmp_path / "gunicorn"
+    Archive(make_settings(data_dir, "")).close()  # create the index (migrations)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    port = listener.getsockname()[1]
+    env = {**os.environ, "DICOMWEB_STORAGE__DATA_DIR": str(data_dir), "DICOMWEB_DATABASE__URL": ""}
+    gunicorn = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "--bind",
+            f"fd://{listener.fileno()}",
+            "-k",
+            "gthread",
+            "--threads",
+            "2",
+            "-w",
+            "1",
+            "dicomweb_server.wsgi:app",
+        ],
+        pass_fds=[listener.fileno()],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    listener.close()
+    try:
+        root = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                if requests.get(root + "/health", timeout=1).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.1)
+        series = make_series(3)
+        body = multipart([to_bytes(d) for d in series])
+        chunks = (body[i : i + 1000] for i in range(0, len(body), 1000))
+        response = requests.post(
+            root + "/dicom-web/studies",
+            data=chunks,
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
+        assert response.request.headers.get("Transfer-Encoding") == "chunked"
+        assert response.status_code == 200, response.text
+        assert len(response.json()["00081199"]["Value"]) == 3
+    finally:
+        gunicorn.terminate()
+        gunicorn.wait(10)
+    archive = Archive(make_settings(data_dir, ""))
+    try:
+        assert stored_uids(archive, series[0].StudyInstanceUID) == {
+            d.SOPInstanceUID for d in series
+        }
+    finally:
+        archive.close()
