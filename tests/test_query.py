@@ -162,6 +162,16 @@ class TestMatching:
         assert _studies(archive, PatientName="doe^JOHN") == [data.a]
         assert _studies(archive, PatientName="Doe") == []  # single value: whole name
 
+    def test_alphabetic_value_matches_a_name_with_ideographic_group(
+        self, archive: Archive, data: Data
+    ) -> None:
+        ds = make_instance(PatientName="Yamada^Tarou=山田^太郎", PatientID="JP1",
+                           SpecificCharacterSet="ISO_IR 192")
+        _store(archive, ds)
+        assert _studies(archive, PatientName="yamada^tarou") == [ds.StudyInstanceUID]
+        assert _studies(archive, PatientName="Yamada^Tarou=山田^太郎") == [ds.StudyInstanceUID]
+        assert _studies(archive, PatientName="yamada") == []
+
     def test_wildcards(self, archive: Archive, data: Data) -> None:
         assert _studies(archive, PatientName="sm*") == [data.b]
         assert _studies(archive, PatientName="?oe^john") == [data.a]
