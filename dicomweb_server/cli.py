@@ -271,5 +271,87 @@ def apikey(name: str, roles: tuple[str, ...]) -> None:
     click.echo(f'"{name}" = {{ hash = "{hash_api_key(key)}", roles = [{roles_toml}] }}')
 
 
+# -- deid (begin): de-identification commands; the logic is in archive/deid/ ------------
+
+
+@main.command()
+@click.argument("study_uids", nargs=-1, required=True)
+@_option("--profile", "profile_name", required=True, help="A profile of [deid.profiles].")
+@data_dir_option
+@config_option
+def deidentify(
+    study_uids: tuple[str, ...], profile_name: str, config_file: Path | None, data_dir: Path | None
+) -> None:
+    """Store a de-identified copy of each study (PS3.15 Annex E, profile from [deid]).
+
+    The originals stay; the copies get keyed pseudonymous UIDs and identities, so running
+    this again, or on another part of the study, adds to the same de-identified study.
+    """
+    settings = build_settings(config_file, data_dir=data_dir)
+    logs.configure(settings.log)
+    from .archive import Archive
+    from .archive.deid.batch import deidentify_studies
+
+    archive = Archive(settings)
+    result = deidentify_studies(archive, study_uids, profile_name)
+    for uid in sorted({r.study_uid for r in result.stored}):
+        click.echo(f"de-identified study {uid}")
+    click.echo(f"{len(result.stored)} stored, {len(result.quarantined)} quarantined")
+
+
+@main.group()
+def quarantine() -> None:
+    """De-identified instances held back for possible burned-in text ([deid] quarantine_*)."""
+
+
+@quarantine.command("list")
+@data_dir_option
+@config_option
+def quarantine_list(config_file: Path | None, data_dir: Path | None) -> None:
+    """List quarantined instances: SOP Instance UID, study, reason, file."""
+    from .archive import Archive
+    from .archive.deid import quarantine as held
+
+    archive = Archive(build_settings(config_file, data_dir=data_dir))
+    for item in held.listing(archive):
+        click.echo(f"{item.sop_uid}\t{item.study_uid}\t{item.reason}\t{item.path}")
+
+
+@quarantine.command("release")
+@click.argument("sop_uids", nargs=-1, required=True)
+@data_dir_option
+@config_option
+def quarantine_release(
+    sop_uids: tuple[str, ...], config_file: Path | None, data_dir: Path | None
+) -> None:
+    """Publish quarantined instances into the archive (after checking their pixels)."""
+    from .archive import Archive
+    from .archive.deid import quarantine as held
+
+    archive = Archive(build_settings(config_file, data_dir=data_dir))
+    for uid in sop_uids:
+        result = held.release(archive, uid)
+        click.echo(f"released {uid} into study {result.study_uid}")
+
+
+@quarantine.command("reject")
+@click.argument("sop_uids", nargs=-1, required=True)
+@data_dir_option
+@config_option
+def quarantine_reject(
+    sop_uids: tuple[str, ...], config_file: Path | None, data_dir: Path | None
+) -> None:
+    """Delete quarantined instances for good."""
+    from .archive import Archive
+    from .archive.deid import quarantine as held
+
+    archive = Archive(build_settings(config_file, data_dir=data_dir))
+    for uid in sop_uids:
+        held.reject(archive, uid)
+        click.echo(f"rejected {uid}")
+
+
+# -- deid (end) ---------------------------------------------------------------------------
+
 if __name__ == "__main__":  # pragma: no cover
     main()

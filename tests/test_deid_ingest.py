@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import subprocess
+import sys
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -145,12 +148,14 @@ def test_a_source_mapped_to_no_profile_is_stored_unchanged(archive: Archive) -> 
 
 
 def test_encapsulated_pixel_data_is_copied_without_decoding(archive: Archive) -> None:
-    ds = make_instance(frames=3, transfer_syntax=RLELossless)
+    # A kept value above the bulk data threshold is read lazily (deferred) by parse.
+    ds = make_instance(frames=3, transfer_syntax=RLELossless, ICCProfile=b"\x07" * 4096)
     result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="MODALITY1"))
     copy = _stored(archive, result.study_uid)[0]
     assert copy.file_meta.TransferSyntaxUID == RLELossless
     assert _pixel_bytes(copy) == _pixel_bytes(ds)
     assert (copy.pixel_array == ds.pixel_array).all()
+    assert copy.ICCProfile == b"\x07" * 4096
     frames = archive.instances(result.study_uid)[0]
     assert frames.sop_uid == copy.SOPInstanceUID
 
@@ -272,3 +277,57 @@ def test_invalid_profile_configuration_fails_at_start(tmp_path: Path) -> None:
     no_secret = {**DEID, "secret": ""}
     with pytest.raises(ValueError, match="secret"):
         Archive(make_settings(tmp_path / "d2", deid=no_secret))
+
+
+def test_pixel_data_is_never_loaded_into_memory(archive: Archive) -> None:
+    ds = make_instance(rows=2048, columns=2048, frames=4)  # 32 MiB of Pixel Data
+    path = _path(ds, archive.settings)
+    expected = hashlib.sha256(ds.PixelData).hexdigest()
+    del ds
+    tracemalloc.start()
+    try:
+        result = archive.store(path, Origin("DIMSE", ae_title="MODALITY1"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB while storing 32 MiB"
+    copy = dcmread(archive.path(archive.instances(result.study_uid)[0]))
+    assert copy.PatientIdentityRemoved == "YES"
+    assert hashlib.sha256(copy.PixelData).hexdigest() == expected
+
+
+def test_cli_deidentify_and_quarantine_commands(settings: Settings, tmp_path: Path) -> None:
+    config = tmp_path / "deid.toml"
+    config.write_text(
+        f"[storage]\ndata_dir = {str(settings.storage.data_dir)!r}\n"
+        f"[database]\nurl = {settings.database.url!r}\n"
+        f'[deid]\nsecret = "{SECRET}"\n'
+        '[deid.profiles.research]\noptions = ["retain_longitudinal_modified_dates"]\n'
+    )
+    plain = Archive(make_settings(settings.storage.data_dir, settings.database.url))
+    try:
+        originals = [*make_series(2), make_instance(Modality="US")]
+        for ds in originals:
+            plain.store(_path(ds, settings), Origin("IMPORT"))
+    finally:
+        plain.close()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        run = subprocess.run(
+            [sys.executable, "-m", "dicomweb_server", *args, "--config", str(config)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert run.returncode == 0, run.stderr
+        return run
+
+    studies = [originals[0].StudyInstanceUID, originals[2].StudyInstanceUID]
+    out = cli("deidentify", *studies, "--profile", "research").stdout
+    assert "2 stored, 1 quarantined" in out
+    assert Pseudonyms(SECRET).uid(studies[0]) in out
+    held = Pseudonyms(SECRET).uid(originals[2].SOPInstanceUID)
+    assert held in cli("quarantine", "list").stdout
+    assert f"rejected {held}" in cli("quarantine", "reject", held).stdout
+    assert held not in cli("quarantine", "list").stdout

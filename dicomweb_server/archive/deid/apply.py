@@ -27,6 +27,7 @@ _PATIENT_NAME = 0x00100010
 _PATIENT_ID = 0x00100020
 _TEXT_VRS = {"LO", "LT", "SH", "ST", "UT", "UC", "PN"}
 _FREE_TEXT_VRS = {"LT", "ST", "UT", "UC"}
+_BINARY_VRS = {"OB", "OW", "OF", "OD", "OL", "OV", "UN"}
 _DUMMY_TEXT = "ANONYMIZED"
 _DUMMIES: dict[str, Any] = {
     "AS": "000Y",
@@ -207,6 +208,11 @@ class _Walker:
             return
         elem = ds[tag]
         vr = elem.VR
+        if action is Action.CLEAN and vr in _BINARY_VRS:
+            # Overlay and curve bitmaps (Clean Graphics, PS3.15 E.3.3) cannot be cleaned
+            # of burned-in text without looking at them: removed, never kept unchecked.
+            del ds[tag]
+            return
         if vr == "SQ":
             self._sequence(ds, tag, action, mode)
             return
