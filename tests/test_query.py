@@ -162,14 +162,13 @@ class TestMatching:
         assert _studies(archive, PatientName="doe^JOHN") == [data.a]
         assert _studies(archive, PatientName="Doe") == []  # single value: whole name
 
-    def test_alphabetic_value_matches_a_name_with_ideographic_group(
-        self, archive: Archive, data: Data
-    ) -> None:
+    def test_names_with_ideographic_groups(self, archive: Archive, data: Data) -> None:
         ds = make_instance(PatientName="Yamada^Tarou=山田^太郎", PatientID="JP1",
                            SpecificCharacterSet="ISO_IR 192")
         _store(archive, ds)
-        assert _studies(archive, PatientName="yamada^tarou") == [ds.StudyInstanceUID]
         assert _studies(archive, PatientName="Yamada^Tarou=山田^太郎") == [ds.StudyInstanceUID]
+        assert _studies(archive, PatientName="yamada^tarou*") == [ds.StudyInstanceUID]
+        assert _studies(archive, PatientName="*=山田*") == [ds.StudyInstanceUID]
         assert _studies(archive, PatientName="yamada") == []
 
     def test_wildcards(self, archive: Archive, data: Data) -> None:

@@ -211,13 +211,11 @@ def _match_name(key_column: Any, words_column: Any, value: str, fuzzy: bool,
             ]) if words else literal(True))
         else:
             normalised = name_key(v)
-            condition = (_wildcard(key_column, normalised, dialect)
-                         if _has_wildcard(normalised) else key_column == normalised)
-            if normalised and "=" not in normalised:
-                # A value without "=" is the alphabetic group: it also matches names
-                # that carry ideographic or phonetic groups after it (PS3.5 6.2.1).
-                condition = or_(condition, _wildcard(key_column, normalised + "=*", dialect))
-            conditions.append(condition)
+            # Exact: the whole normalised name, all component groups (PS3.5 6.2.1); an
+            # OR with a group prefix would cost PostgreSQL its index (LIKE needs a
+            # pattern_ops index there), so "Yamada^Tarou*" is how to ignore later groups.
+            conditions.append(_wildcard(key_column, normalised, dialect)
+                              if _has_wildcard(normalised) else key_column == normalised)
     return _any(conditions)
 
 
