@@ -17,7 +17,12 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from pydicom import config as pydicom_config
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import RLELossless
+from pydicom.uid import (
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    RLELossless,
+)
 from pydicom.valuerep import validate_value
 
 from dicomweb_server.archive import Archive, Origin
@@ -144,6 +149,9 @@ def test_a_source_mapped_to_no_profile_is_stored_unchanged(archive: Archive) -> 
     ds = make_instance()
     result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="RAW"))
     assert result.study_uid == ds.StudyInstanceUID
+    assert result.warnings == ()
+    changed = archive.store(_path(make_instance(), archive.settings), Origin("STOW-RS"))
+    assert "de-identified on ingest" in changed.warnings[0]  # coercion, PS3.4 B.2.3
     assert _stored(archive, ds.StudyInstanceUID)[0].PatientID == "PID001"
 
 
@@ -331,3 +339,16 @@ def test_cli_deidentify_and_quarantine_commands(settings: Settings, tmp_path: Pa
     assert held in cli("quarantine", "list").stdout
     assert f"rejected {held}" in cli("quarantine", "reject", held).stdout
     assert held not in cli("quarantine", "list").stdout
+
+
+@pytest.mark.parametrize(
+    "syntax",
+    [ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian],
+)
+def test_every_native_transfer_syntax_keeps_its_pixels(archive: Archive, syntax: str) -> None:
+    ds = make_instance(frames=2, transfer_syntax=syntax)
+    result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="MODALITY1"))
+    copy = _stored(archive, result.study_uid)[0]
+    assert copy.file_meta.TransferSyntaxUID == syntax
+    assert _pixel_bytes(copy) == _pixel_bytes(ds)
+    assert copy.PatientID == Pseudonyms(SECRET).patient_id("PID001")

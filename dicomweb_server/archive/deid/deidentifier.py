@@ -49,6 +49,9 @@ def build_profiles(settings: DeidSettings) -> dict[str, Profile]:
         for entry in section.safe_private:
             creator, group, element = (p.strip() for p in entry.rsplit(",", 2))
             safe.add((creator, int(group, 16), int(element[-2:], 16)))
+        dates = {Option.RETAIN_LONGITUDINAL_FULL_DATES, Option.RETAIN_LONGITUDINAL_MODIFIED_DATES}
+        if dates <= options:
+            raise ValueError(f"deid.profiles.{name}: choose full or modified dates, not both")
         profiles[name] = Profile(name, options, compound, frozenset(safe))
     for source, name in [("default_profile", settings.default_profile), *settings.sources.items()]:
         if name and name not in profiles:
@@ -137,6 +140,12 @@ class Deidentifier:
             self.storage.discard(new)
             raise
         self.storage.discard(received)
+        # Coercion of data elements (PS3.4 B.2.3 Warning B000; PS3.18 WarningReason B000):
+        # the sender should know its identifiers were replaced.
+        new_parsed.warnings.append(
+            f"de-identified on ingest (PS3.15 Annex E, profile {profile.name}): identifying "
+            f"attributes and UIDs were replaced; stored as {new_parsed.sop_uid}"
+        )
         if reason is not None:
             quarantine.hold(self.writer, self.data_dir, new, new_parsed, origin, reason)
             log.info("quarantined %s: %s", new_parsed.sop_uid, reason)
