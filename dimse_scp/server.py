@@ -11,6 +11,7 @@ import logging
 import signal
 import ssl
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -164,6 +165,11 @@ def handlers(runtime: Runtime) -> list[tuple[Any, Callable[..., Any], list[Any]]
     ]
 
 
+#: Seconds between checks of the accept loop for a shutdown request (socketserver's
+#: default of 0.5 s would delay every stop by that much).
+POLL_INTERVAL = 0.05
+
+
 @dataclass
 class ServerHandle:
     """A running listener: its port, and how to stop it."""
@@ -171,14 +177,22 @@ class ServerHandle:
     server: ThreadedAssociationServer
     ae: AE
     runtime: Runtime
+    thread: threading.Thread
 
     @property
     def port(self) -> int:
         return int(self.server.server_address[1])
 
-    def shutdown(self) -> None:
-        """Stop accepting, abort open associations, close the socket."""
+    def shutdown(self, grace: float = 5.0) -> None:
+        """Stop accepting, let open associations finish for up to ``grace`` seconds,
+        abort the rest (A-ABORT), close the socket."""
         self.server.shutdown()
+        self.thread.join(grace)
+        deadline = time.monotonic() + grace
+        while self.server.active_associations and time.monotonic() < deadline:
+            time.sleep(POLL_INTERVAL)
+        for assoc in self.server.active_associations:
+            assoc.abort()
 
 
 def start(settings: Settings, archive: Archive) -> ServerHandle:
@@ -188,14 +202,21 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
     dimse = settings.dimse
     runtime = Runtime(archive, settings)
     ae = build_ae(dimse)
-    server = ae.start_server(
+    server = ae.make_server(
         (dimse.host, dimse.port),
-        block=False,
         evt_handlers=handlers(runtime),
         ssl_context=tls_context(dimse),
+        server_class=ThreadedAssociationServer,
     )
-    assert server is not None  # block=False always returns the server
-    handle = ServerHandle(server, ae, runtime)
+    # What AE.start_server(block=False) does, with a shorter poll interval; the AE's
+    # server list is where ThreadedAssociationServer.shutdown expects to find it.
+    ae._servers.append(server)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
+        name=f"dimse-{dimse.aet}", daemon=True,
+    )
+    thread.start()
+    handle = ServerHandle(server, ae, runtime, thread)
     log.info(
         "DIMSE listening",
         extra={"aet": dimse.aet, "host": dimse.host, "port": handle.port,
