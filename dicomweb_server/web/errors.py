@@ -50,13 +50,10 @@ PROCESSING_FAILURE = 0x0110
 #: "Error: Cannot understand" (PS3.18 Table I.2-2), for a part that is not an instance.
 CANNOT_UNDERSTAND = 0xC000
 
-#: PS3.18 Annex I.2.1 Warning Reason (0008,1196) values.  B000 coercion of data elements,
-#: B006 elements discarded, B007 data set does not match SOP Class are standard; B111
-#: is implementation-specific: the SOP Instance UID was stored already and the first
-#: copy was kept (``ingest.duplicate_policy = "keep"``), so this copy was not stored.
-WARNING_COERCION = 0xB000
-WARNING_DOES_NOT_MATCH_SOP_CLASS = 0xB007
-WARNING_DUPLICATE_KEPT = 0xB111
+#: Warning Reason (0008,1196) values of PS3.18 Annex I are not used: ingest never
+#: coerces or discards elements (B000, B006) nor checks the IOD (B007).  A duplicate kept
+#: under ``ingest.duplicate_policy = "keep"`` is a success like the first copy, as a
+#: PACS re-sending a study expects; the Warning header says it was already stored.
 
 
 def failure_reason(exc: BaseException) -> int:

@@ -381,14 +381,6 @@ def _ui(value: str) -> dict[str, Any]:
     return {"vr": "UI", "Value": [value]}
 
 
-def _warning_reason(result: StoreResult) -> int | None:
-    if result.status is StoreStatus.DUPLICATE:
-        return errors.WARNING_DUPLICATE_KEPT
-    if result.warnings:
-        return errors.WARNING_DOES_NOT_MATCH_SOP_CLASS
-    return None
-
-
 def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
     """The Store Instances Response Module (PS3.18 Table I.1-1) as DICOM JSON."""
     dataset: dict[str, Any] = {}
@@ -415,15 +407,13 @@ def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
                 f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
                 f"/instances/{result.sop_uid}"
             )
-            item = {
-                "00081150": _ui(result.sop_class_uid),
-                "00081155": _ui(result.sop_uid),
-                "00081190": {"vr": "UR", "Value": [url]},
-            }
-            warning = _warning_reason(result)
-            if warning is not None:
-                item["00081196"] = _us(warning)
-            items.append(item)
+            items.append(
+                {
+                    "00081150": _ui(result.sop_class_uid),
+                    "00081155": _ui(result.sop_uid),
+                    "00081190": {"vr": "UR", "Value": [url]},
+                }
+            )
         dataset["00081199"] = {"vr": "SQ", "Value": items}
     return dataset
 
@@ -431,8 +421,7 @@ def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
 def status_code(outcome: Outcome) -> int:
     """HTTP status per PS3.18 Table 10.5.3-1."""
     if outcome.stored:
-        warned = any(_warning_reason(r) is not None for r in outcome.stored)
-        return 202 if outcome.failed or warned or outcome.body_error else 200
+        return 202 if outcome.failed or outcome.body_error else 200
     understood = {errors.CANNOT_UNDERSTAND}
     if outcome.body_error or all(f.reason in understood for f in outcome.failed):
         return 400  # "unable to store any Instances due to bad syntax"
