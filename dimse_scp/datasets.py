@@ -144,12 +144,19 @@ def _scoped_value(tag: BaseTag, query: Query) -> str | None:
     return None
 
 
-def to_response(match: Mapping[str, Any], identifier: Dataset, query: Query) -> Dataset:
+def to_response(
+    match: Mapping[str, Any],
+    identifier: Dataset,
+    query: Query,
+    defaults: Mapping[str, str] | None = None,
+) -> Dataset:
     """The C-FIND response Identifier for one match: exactly the requested keys.
 
-    Keys the match lacks are returned empty (PS3.4 C.4.1.1.3.2: a return key without a
-    value in the archive is sent zero length).
+    Keys the match lacks take their value from ``defaults`` (keyword -> value, for
+    what the SCP itself knows, such as RetrieveAETitle) or are returned empty (PS3.4
+    C.4.1.1.3.2: a return key without a value is sent zero length).
     """
+    defaults = defaults or {}
     response = Dataset()
     for element in identifier:
         tag = element.tag
@@ -159,12 +166,16 @@ def to_response(match: Mapping[str, Any], identifier: Dataset, query: Query) -> 
             response.QueryRetrieveLevel = query.level.value
             continue
         key = f"{int(tag):08X}"
-        if key in match:
-            response[tag] = Dataset.from_json({key: match[key]})[tag]
+        found = match.get(key)
+        if found is not None and (found.get("Value") or element.keyword not in defaults):
+            response[tag] = Dataset.from_json({key: found})[tag]
             continue
         scoped = _scoped_value(tag, query)
         if scoped is not None:
             response[tag] = DataElement(tag, "UI", UID(scoped))
+            continue
+        if element.keyword in defaults:
+            response[tag] = DataElement(tag, dictionary_VR(tag), defaults[element.keyword])
             continue
         vr = element.VR
         if vr in ("UN", None):

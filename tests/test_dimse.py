@@ -438,8 +438,12 @@ def test_find_series_and_image_levels(
     first = stored.a_series1[0]
     images = _identifier("IMAGE", StudyInstanceUID=stored.a_study,
                          SeriesInstanceUID=first.SeriesInstanceUID, SOPInstanceUID="",
-                         InstanceNumber="", SOPClassUID="")
+                         InstanceNumber="", SOPClassUID="", RetrieveAETitle="",
+                         InstanceAvailability="")
     _, found = _find(dimse_server.port, model, images)
+    assert {(m.RetrieveAETitle, m.InstanceAvailability) for m in found} == {
+        ("DICOMWEB", "ONLINE")
+    }
     assert sorted(m.SOPInstanceUID for m in found) == sorted(
         ds.SOPInstanceUID for ds in stored.a_series1
     )
