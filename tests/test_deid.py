@@ -228,3 +228,25 @@ def test_pseudonyms_are_keyed_and_stable() -> None:
     assert uid.startswith("1.2.826.0.1.3680043.10.99.") and len(uid) <= 64
     with pytest.raises(ValueError, match="secret"):
         Pseudonyms("")
+
+
+def test_content_sequence_is_replaced_or_cleaned_as_the_option_says() -> None:
+    def report() -> Dataset:
+        ds = _base()
+        item = Dataset()
+        item.ValueType = "TEXT"
+        item.TextValue = "John Doe, PID001, has a nodule"
+        item.PersonName = "Doe^John"
+        ds.ContentSequence = [item]
+        return ds
+
+    basic = report()
+    deidentify(basic, Profile("p", frozenset()), Pseudonyms(SECRET))
+    item = basic.ContentSequence[0]
+    assert item.TextValue == "ANONYMIZED" and item.ValueType == "TEXT"  # D: dummy content
+    assert str(item.PersonName) == "ANONYMIZED"  # (0040,A123) D
+    cleaned = report()
+    options = frozenset({Option.CLEAN_STRUCTURED_CONTENT})
+    deidentify(cleaned, Profile("p", options), Pseudonyms(SECRET))
+    text = cleaned.ContentSequence[0].TextValue
+    assert "nodule" in text and "Doe" not in text and "PID001" not in text
