@@ -158,12 +158,14 @@ def test_a_source_mapped_to_no_profile_is_stored_unchanged(archive: Archive) -> 
 def test_encapsulated_pixel_data_is_copied_without_decoding(archive: Archive) -> None:
     # A kept value above the bulk data threshold is read lazily (deferred) by parse.
     ds = make_instance(frames=3, transfer_syntax=RLELossless, ICCProfile=b"\x07" * 4096)
+    ds.file_meta.SourceApplicationEntityTitle = "CT_ROOM_3"
     result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="MODALITY1"))
     copy = _stored(archive, result.study_uid)[0]
     assert copy.file_meta.TransferSyntaxUID == RLELossless
     assert _pixel_bytes(copy) == _pixel_bytes(ds)
     assert (copy.pixel_array == ds.pixel_array).all()
     assert copy.ICCProfile == b"\x07" * 4096
+    assert "SourceApplicationEntityTitle" not in copy.file_meta
     frames = archive.instances(result.study_uid)[0]
     assert frames.sop_uid == copy.SOPInstanceUID
 

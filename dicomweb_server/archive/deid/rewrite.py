@@ -27,11 +27,14 @@ from ..storage import CHUNK
 _ITEM = 0xFFFEE000
 _SEQ_END = 0xFFFEE0DD
 _UNDEFINED = 0xFFFFFFFF
-#: File Meta elements naming the sending and receiving AEs (PS3.10 7.1) identify devices.
-_META_AES = (
+#: File Meta elements that identify the sender's devices, or carry private data
+#: (PS3.10 7.1): removed from the de-identified copy.
+_META_REMOVED = (
     "SourceApplicationEntityTitle",
     "SendingApplicationEntityTitle",
     "ReceivingApplicationEntityTitle",
+    "PrivateInformationCreatorUID",
+    "PrivateInformation",
 )
 
 
@@ -96,7 +99,7 @@ def new_meta(ds: Dataset) -> FileMetaDataset:
     """File Meta Information for the de-identified ``ds`` (PS3.10 7.1)."""
     meta = FileMetaDataset(ds.file_meta)
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    for keyword in _META_AES:
+    for keyword in _META_REMOVED:
         if keyword in meta:
             delattr(meta, keyword)
     if 0x00020000 in meta:
