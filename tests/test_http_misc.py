@@ -153,3 +153,21 @@ def test_get_and_post_carry_allow_origin_and_exposed_headers(
     assert response.headers["Access-Control-Allow-Origin"] in ("*", VIEWER)
     # Viewers read STOW-RS refusals from the Warning header: it must be exposed.
     assert "warning" in response.headers["Access-Control-Expose-Headers"].lower()
+
+
+def test_urls_keep_the_port_when_the_client_leaves_it_out_of_host(web, archive) -> None:
+    """dicomweb-client sends ``Host: 127.0.0.1`` without the port; URLs must still work."""
+    import io
+
+    import requests
+
+    from dicomweb_server.archive import Origin
+    from tests.factory import make_instance, to_bytes
+
+    ds = make_instance()
+    archive.store(io.BytesIO(to_bytes(ds)), Origin("IMPORT"))
+    response = requests.get(f"{web.url}/studies", headers={"Host": "127.0.0.1"}, timeout=10)
+    [study] = response.json()
+    url = study["00081190"]["Value"][0]
+    assert url == f"{web.url}/studies/{ds.StudyInstanceUID}"
+    assert requests.get(url + "/metadata", timeout=10).status_code == 200

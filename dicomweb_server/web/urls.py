@@ -26,7 +26,19 @@ def base_url() -> str:
         host = fields.get("host", "").strip('"') or request.host
         proto = fields.get("proto", "").strip('"') or request.scheme
         return f"{proto}://{host}{request.script_root}{settings.http.base_path}"
-    return f"{request.host_url.rstrip('/')}{settings.http.base_path}"
+    host = request.host
+    port = request.environ.get("SERVER_PORT", "")
+    default = {"http": "80", "https": "443"}.get(request.scheme)
+    if (
+        ":" not in host.rpartition("]")[2]
+        and port
+        and port != default
+        and not settings.http.trusted_proxies
+    ):
+        # No proxy in front, so the client reached us on our own port; some clients
+        # (dicomweb-client) leave it out of Host, which would break every URL we hand out.
+        host = f"{host}:{port}"
+    return f"{request.scheme}://{host}{request.script_root}{settings.http.base_path}"
 
 
 def expand(stored_json: str, base: str) -> str:
