@@ -682,8 +682,10 @@ def test_dimse_command_serves_until_sigterm(tmp_path: Path) -> None:
         (result,) = _store(port, [ds])
         assert result.Status == 0x0000
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-        assert "association" in process.stderr.read()  # the per-association log line
+        returncode = process.wait(timeout=20)
+        errors = process.stderr.read()
+        assert returncode == 0, errors
+        assert "association" in errors  # the per-association log line
     finally:
         if process.poll() is None:
             process.kill()
