@@ -12,6 +12,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from ..config import Settings
 from . import index, query, retrieve
+from .audit import AuditWriter
 from .errors import NotFound, OutOfResources
 from .ingest import Ingest, Origin, StoreResult, remove_instances
 from .retrieve import StoredInstance
@@ -58,6 +59,13 @@ class Archive:
         self._ingest = Ingest(
             self.storage, self.writer_engine, self.reader, settings.ingest, deid=deid
         )
+        self._audit: AuditWriter | None = None
+
+    def audit_writer(self) -> AuditWriter:
+        """This process's audit trail writer, started on first use, stopped by close()."""
+        if self._audit is None:
+            self._audit = AuditWriter(self.writer_engine)
+        return self._audit
 
     # -- the calls the fronts make ---------------------------------------------------
 
@@ -143,6 +151,8 @@ class Archive:
         self.storage.check()
 
     def close(self) -> None:
+        if self._audit is not None:
+            self._audit.close()
         self.reader_engine.dispose()
         self.writer_engine.dispose()
 

@@ -38,7 +38,7 @@ from flask import Flask, Response, g, request
 from werkzeug.exceptions import ServiceUnavailable
 
 from ..archive import Archive
-from ..archive.audit import Action, AuditWriter, Entry, log_entry
+from ..archive.audit import Action, Entry, log_entry
 from ..archive.uids import is_valid_uid
 from ..config import AuthMethod, AuthSettings, Role, Settings
 from .errors import error_response
@@ -293,7 +293,7 @@ def install(app: Flask, settings: Settings, archive: Archive) -> None:
     failed requests too.
     """
     authenticator = Authenticator(settings.auth)
-    writer = AuditWriter(archive.writer_engine) if settings.auth.audit else None
+    writer = archive.audit_writer() if settings.auth.audit else None
     app.extensions["auth"] = authenticator
     app.extensions["audit"] = writer
     realm = settings.auth.realm
