@@ -134,9 +134,11 @@ def reset_peak_rss(pid: int) -> None:
             Path(f"/proc/{member}/clear_refs").write_text("5")
 
 
-def peak_rss_mb(pid: int) -> float:
-    """Sum of VmHWM over the tree, in MB: an upper bound of the simultaneous peak."""
-    return sum(_status_kb(member, "VmHWM") for member in tree(pid)) / 1024
+def peak_rss_mb(pid: int) -> tuple[float, float]:
+    """VmHWM over the tree in MB: the sum (an upper bound of the simultaneous peak,
+    counting every process's start-up baseline) and the largest single process."""
+    peaks = [_status_kb(member, "VmHWM") / 1024 for member in tree(pid)]
+    return sum(peaks), max(peaks, default=0.0)
 
 
 class Server:
