@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import ssl
 import threading
 import time
@@ -165,6 +166,25 @@ def handlers(runtime: Runtime) -> list[tuple[Any, Callable[..., Any], list[Any]]
     ]
 
 
+class AssociationServer(ThreadedAssociationServer):
+    """pynetdicom's threaded server, with the TLS handshake moved off the accept loop.
+
+    pynetdicom wraps each accepted socket with a blocking server-side handshake in the
+    thread that accepts connections, so one peer that connects and says nothing stalls
+    every other peer until the network timeout.  Wrapping without the handshake lets
+    OpenSSL perform it on the first read, in the association's own thread.
+    """
+
+    def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
+        assert self.socket is not None
+        client, address = self.socket.accept()
+        if self.ssl_context:
+            client = self.ssl_context.wrap_socket(
+                client, server_side=True, do_handshake_on_connect=False
+            )
+        return client, address
+
+
 #: Seconds between checks of the accept loop for a shutdown request (socketserver's
 #: default of 0.5 s would delay every stop by that much).
 POLL_INTERVAL = 0.05
@@ -174,7 +194,7 @@ POLL_INTERVAL = 0.05
 class ServerHandle:
     """A running listener: its port, and how to stop it."""
 
-    server: ThreadedAssociationServer
+    server: AssociationServer
     ae: AE
     runtime: Runtime
     thread: threading.Thread
@@ -184,12 +204,14 @@ class ServerHandle:
         return int(self.server.server_address[1])
 
     def shutdown(self, grace: float = 5.0) -> None:
-        """Stop accepting, let open associations finish for up to ``grace`` seconds,
-        abort the rest (A-ABORT), close the socket."""
+        """Stop accepting, let established associations finish for up to ``grace``
+        seconds, abort the rest (A-ABORT; peers still negotiating included)."""
         self.server.shutdown()
         self.thread.join(grace)
         deadline = time.monotonic() + grace
-        while self.server.active_associations and time.monotonic() < deadline:
+        while time.monotonic() < deadline and any(
+            assoc.is_established for assoc in self.server.active_associations
+        ):
             time.sleep(POLL_INTERVAL)
         for assoc in self.server.active_associations:
             assoc.abort()
@@ -206,7 +228,7 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
         (dimse.host, dimse.port),
         evt_handlers=handlers(runtime),
         ssl_context=tls_context(dimse),
-        server_class=ThreadedAssociationServer,
+        server_class=AssociationServer,
     )
     # What AE.start_server(block=False) does, with a shorter poll interval; the AE's
     # server list is where ThreadedAssociationServer.shutdown expects to find it.

@@ -108,6 +108,7 @@ def associate(
     ae_title: str = "TESTSCU",
     syntaxes: list[str] | None = None,
     storage_roles: list[tuple[str, list[str]]] | None = None,
+    acse_timeout: float = 30,
     **kwargs: Any,
 ) -> Association:
     """An association from a pynetdicom SCU to our listener.
@@ -116,6 +117,7 @@ def associate(
     (C-GET); their C-STOREs land in ``kwargs["evt_handlers"]``.
     """
     ae = AE(ae_title=ae_title)
+    ae.acse_timeout = acse_timeout
     for uid in classes or [Verification]:
         for ts in syntaxes or UNCOMPRESSED:  # one context each: the acceptor picks one
             ae.add_requested_context(uid, ts)

@@ -328,6 +328,13 @@ def test_tls_with_client_certificates(
         assert assoc.is_established
         assert assoc.send_c_echo().Status == 0x0000
         assoc.release()
+        # A peer that connects and never starts its handshake stalls nobody else.
+        with socket.create_connection(("127.0.0.1", handle.port)):
+            started = time.monotonic()
+            assoc = associate(handle.port, tls_args=(client, "127.0.0.1"), acse_timeout=5)
+            assert assoc.is_established
+            assert time.monotonic() - started < 5
+            assoc.release()
         # Plain TCP is not a DICOM TLS peer.
         assert not associate(handle.port).is_established
         # Neither is a TLS peer without a client certificate.
