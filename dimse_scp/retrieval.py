@@ -44,8 +44,8 @@ _UNCOMPRESSED: tuple[str, ...] = (ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 def _uids(identifier: Dataset, keyword: str, required: bool) -> list[str]:
     """The UIDs of a unique key (PS3.4 C.4.2.2.1: a single value or a list of UIDs)."""
-    element = identifier.get(keyword)
-    text = "" if element is None else datasets.dicom_string(identifier[keyword]).strip("\0 ")
+    text = datasets.dicom_string(identifier[keyword]) if keyword in identifier else ""
+    text = text.strip("\0 ")
     if not text:
         if required:
             raise InvalidQuery(f"the retrieve Identifier has no {keyword}, required at its level")

@@ -49,12 +49,6 @@ from .dimse_fixtures import (
 )
 from .factory import make_instance, make_series
 
-STORAGE_ALL = [
-    ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEG2000Lossless,
-    JPEGLSLossless, DeflatedExplicitVRLittleEndian,
-    "1.2.840.10008.1.2.4.50",  # JPEG Baseline
-]
-
 
 @pytest.fixture
 def dimse_server(settings: Settings, archive: Archive) -> Iterator[dimse_scp.ServerHandle]:
@@ -70,11 +64,6 @@ def _store(port: int, datasets: list[Dataset], **kwargs: object) -> list[Dataset
         return [assoc.send_c_store(ds) for ds in datasets]
     finally:
         assoc.release()
-
-
-def _without_meta(ds: Dataset) -> Dataset:
-    copy = Dataset(ds)
-    return copy
 
 
 def _stored(archive: Archive, ds: Dataset) -> Dataset:
