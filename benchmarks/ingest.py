@@ -17,6 +17,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydicom.uid import ExplicitVRLittleEndian
+
 from .timing import NOT_OFFERED, NotAvailable
 
 PIECE = 1 << 20
@@ -91,8 +93,14 @@ def storescu(port: int | None, aet: str, files: list[Path], associations: int) -
     return seconds
 
 
-def associate(port: int | None, aet: str, contexts: list[str]):  # type: ignore[no-untyped-def]
-    """A pynetdicom association with TCP_NODELAY set (Nagle adds ~40 ms per message)."""
+def associate(port: int | None, aet: str, contexts: list[str],  # type: ignore[no-untyped-def]
+              transfer_syntaxes: list[str] | None = None):
+    """A pynetdicom association with TCP_NODELAY set (Nagle adds ~40 ms per message).
+
+    ``transfer_syntaxes`` narrows what is proposed: a C-STORE sender proposes the
+    syntax its files are in, else an acceptor choosing another one makes pynetdicom
+    decode and re-encode every file on the client side.
+    """
     from pynetdicom import AE
 
     if port is None:
@@ -100,7 +108,10 @@ def associate(port: int | None, aet: str, contexts: list[str]):  # type: ignore[
     ae = AE(ae_title=CLIENT_AET)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 60
     for context in contexts:
-        ae.add_requested_context(context)
+        if transfer_syntaxes:
+            ae.add_requested_context(context, transfer_syntaxes)
+        else:
+            ae.add_requested_context(context)
     assoc = ae.associate("127.0.0.1", port, ae_title=aet)
     if not assoc.is_established:
         raise NotAvailable(f"association with {aet} on port {port} was not established")
@@ -110,7 +121,7 @@ def associate(port: int | None, aet: str, contexts: list[str]):  # type: ignore[
 
 def pynetdicom_store(port: int | None, aet: str, files: list[Path], sop_class: str) -> float:
     """pynetdicom C-STORE over one association; files are sent as stored, not decoded."""
-    assoc = associate(port, aet, [sop_class])
+    assoc = associate(port, aet, [sop_class], [ExplicitVRLittleEndian])
     try:
         start = time.perf_counter()
         for path in files:
