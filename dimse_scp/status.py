@@ -32,6 +32,8 @@ CANCEL = 0xFE00
 #: PS3.4 Table B.2-1: the instance was stored although its Data Set does not match the
 #: SOP Class the SCU named in the request (Affected SOP Class UID).
 STORE_WARNING_NOT_MATCHING_SOP_CLASS = 0xB007
+#: PS3.4 Table B.2-1: Warning, Coercion of Data Elements: stored de-identified.
+STORE_WARNING_COERCION = 0xB000
 #: PS3.4 Table B.2-1: Refused, Out of Resources (range A7xx).
 STORE_OUT_OF_RESOURCES = 0xA700
 #: PS3.4 Table B.2-1: Error, Cannot understand (range Cxxx).

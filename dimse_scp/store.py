@@ -55,6 +55,10 @@ def handle_store(event: Event, runtime: Runtime) -> int | Dataset:
         )
         return failure.dataset()
     stats.stored += 1
+    if result.coerced:
+        return status.Reply(
+            status.STORE_WARNING_COERCION, f"stored de-identified as {result.sop_uid}"
+        ).dataset()
     requested_class = str(request.AffectedSOPClassUID or "").rstrip("\0 ")
     if requested_class and requested_class != result.sop_class_uid:
         return status.Reply(

@@ -88,8 +88,10 @@ def test_two_parts_of_a_study_over_stow_and_c_store_become_one_study(
     originals = make_series(2)
     study = originals[0].StudyInstanceUID
     originals[1].SeriesInstanceUID = uid()  # the second part is another series
-    # Part 1: STOW-RS over HTTP (no source name: the default profile applies).
-    dicomweb.store_instances([originals[0]])
+    # Part 1: STOW-RS over HTTP (no source name: the default profile applies); the
+    # answer says the instance was coerced (PS3.18 Annex I WarningReason B000).
+    answer = dicomweb.store_instances([originals[0]])
+    assert answer.ReferencedSOPSequence[0].WarningReason == 0xB000
     # Part 2: C-STORE from calling AE MODALITY1, mapped to the same profile.
     handle = dimse_fixtures.dimse_scp.start(settings, archive)
     try:
@@ -97,7 +99,7 @@ def test_two_parts_of_a_study_over_stow_and_c_store_become_one_study(
         assert assoc.is_established
         status = assoc.send_c_store(originals[1])
         assoc.release()
-        assert status.Status == 0x0000
+        assert status.Status == 0xB000  # coercion of data elements, PS3.4 Table B.2-1
     finally:
         handle.shutdown()
     pseudo_study = Pseudonyms(SECRET).uid(study)
@@ -149,9 +151,10 @@ def test_a_source_mapped_to_no_profile_is_stored_unchanged(archive: Archive) -> 
     ds = make_instance()
     result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="RAW"))
     assert result.study_uid == ds.StudyInstanceUID
-    assert result.warnings == ()
+    assert result.warnings == () and not result.coerced
     changed = archive.store(_path(make_instance(), archive.settings), Origin("STOW-RS"))
-    assert "de-identified on ingest" in changed.warnings[0]  # coercion, PS3.4 B.2.3
+    assert "de-identified on ingest" in changed.warnings[0]
+    assert changed.coerced  # coercion of data elements, PS3.4 B.2.3
     assert _stored(archive, ds.StudyInstanceUID)[0].PatientID == "PID001"
 
 

@@ -73,6 +73,8 @@ class StoreResult:
     transfer_syntax_uid: str
     status: StoreStatus
     warnings: tuple[str, ...] = ()
+    #: Stored with attributes changed (de-identified): the protocols' "coercion" warning.
+    coerced: bool = False
 
 
 class Ingest:
@@ -146,6 +148,7 @@ class Ingest:
             parsed.transfer_syntax_uid,
             status,
             tuple(parsed.warnings),
+            parsed.coerced,
         )
 
     def _check_duplicate(self, parsed: ParsedInstance) -> StoreResult | None:

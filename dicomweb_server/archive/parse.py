@@ -42,6 +42,9 @@ class ParsedInstance:
     bulk: dicomjson.Bulk
     pixels: PixelLayout | None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: Attributes were changed from what the sender sent (de-identification): STOW-RS
+    #: WarningReason B000 and C-STORE status B000, "coercion of data elements".
+    coerced: bool = False
 
     def level_json(self, level: Level) -> dict[str, Any]:
         """The attributes of ``level`` present in this instance, as DICOM JSON."""

@@ -50,10 +50,11 @@ PROCESSING_FAILURE = 0x0110
 #: "Error: Cannot understand" (PS3.18 Table I.2-2), for a part that is not an instance.
 CANNOT_UNDERSTAND = 0xC000
 
-#: Warning Reason (0008,1196) values of PS3.18 Annex I are not used: ingest never
-#: coerces or discards elements (B000, B006) nor checks the IOD (B007).  A duplicate kept
-#: under ``ingest.duplicate_policy = "keep"`` is a success like the first copy, as a
-#: PACS re-sending a study expects; the Warning header says it was already stored.
+#: Warning Reason (0008,1196), PS3.18 Annex I: "coercion of data elements", for an
+#: instance stored de-identified.  A duplicate kept under ``duplicate_policy = "keep"``
+#: is a success like the first copy, as a PACS re-sending a study expects; the Warning
+#: header says it was already stored.
+WARNING_COERCION = 0xB000
 
 
 def failure_reason(exc: BaseException) -> int:

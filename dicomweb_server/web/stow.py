@@ -407,13 +407,14 @@ def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
                 f"{base}/studies/{result.study_uid}/series/{result.series_uid}"
                 f"/instances/{result.sop_uid}"
             )
-            items.append(
-                {
-                    "00081150": _ui(result.sop_class_uid),
-                    "00081155": _ui(result.sop_uid),
-                    "00081190": {"vr": "UR", "Value": [url]},
-                }
-            )
+            item = {
+                "00081150": _ui(result.sop_class_uid),
+                "00081155": _ui(result.sop_uid),
+                "00081190": {"vr": "UR", "Value": [url]},
+            }
+            if result.coerced:
+                item["00081196"] = _us(errors.WARNING_COERCION)
+            items.append(item)
         dataset["00081199"] = {"vr": "SQ", "Value": items}
     return dataset
 
@@ -421,7 +422,8 @@ def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
 def status_code(outcome: Outcome) -> int:
     """HTTP status per PS3.18 Table 10.5.3-1."""
     if outcome.stored:
-        return 202 if outcome.failed or outcome.body_error else 200
+        coerced = any(r.coerced for r in outcome.stored)
+        return 202 if outcome.failed or outcome.body_error or coerced else 200
     understood = {errors.CANNOT_UNDERSTAND}
     if outcome.body_error or all(f.reason in understood for f in outcome.failed):
         return 400  # "unable to store any Instances due to bad syntax"

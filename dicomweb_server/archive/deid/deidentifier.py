@@ -142,6 +142,7 @@ class Deidentifier:
         self.storage.discard(received)
         # Coercion of data elements (PS3.4 B.2.3 Warning B000; PS3.18 WarningReason B000):
         # the sender should know its identifiers were replaced.
+        new_parsed.coerced = True
         new_parsed.warnings.append(
             f"de-identified on ingest (PS3.15 Annex E, profile {profile.name}): identifying "
             f"attributes and UIDs were replaced; stored as {new_parsed.sop_uid}"
