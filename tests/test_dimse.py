@@ -718,3 +718,21 @@ def test_two_listeners_on_one_index(settings: Settings) -> None:
             handle.shutdown()
         for archive in archives:
             archive.close()
+
+
+def test_pynetdicom_default_proposal_is_accepted_uncompressed(
+    dimse_server: dimse_scp.ServerHandle,
+) -> None:
+    """pynetdicom proposes Explicit, Implicit, Deflated and Big Endian by default; taking
+    Deflated would make such a sender deflate every data set."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import CTImageStorage
+
+    ae = AE()
+    ae.add_requested_context(CTImageStorage)  # the default transfer syntaxes
+    assoc = ae.associate("127.0.0.1", dimse_server.port, ae_title="DICOMWEB")
+    try:
+        [context] = assoc.accepted_contexts
+        assert context.transfer_syntax[0] == "1.2.840.10008.1.2.1"
+    finally:
+        assoc.release()
