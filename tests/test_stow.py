@@ -502,3 +502,32 @@ def test_chunked_upload_under_gunicorn(tmp_path: Path) -> None:
         }
     finally:
         archive.close()
+
+
+@pytest.mark.parametrize("policy", ["keep", "reject"])
+def test_same_instance_twice_in_one_request(tmp_path: Path, database_url: str, policy: str) -> None:
+    """Both copies are indexed in one transaction; when it fails on the second, each is
+    indexed alone, so the first is stored and only the second is refused."""
+    _, archive, web = _server(tmp_path, database_url, policy)
+    try:
+        ds = make_instance()
+        other = make_instance(study_uid=ds.StudyInstanceUID)
+        response = post(
+            web, multipart([to_bytes(ds), to_bytes(other), to_bytes(ds)]), content_type()
+        )
+        body = response.json()
+        assert stored_uids(archive, ds.StudyInstanceUID) == {
+            ds.SOPInstanceUID,
+            other.SOPInstanceUID,
+        }
+        if policy == "keep":
+            assert response.status_code == 200
+            assert len(body["00081199"]["Value"]) == 3
+        else:
+            assert response.status_code == 202
+            assert failures(body) == [(ds.SOPInstanceUID, 0x0111)]
+        files = sorted(p.name for p in (tmp_path).rglob("*.dcm") if ".tmp" not in p.parts)
+        assert len(files) == 2, files
+    finally:
+        archive.close()
+        web.stop()

@@ -18,7 +18,7 @@ from .errors import (
     StudyMismatch,
     UnsupportedTransferSyntax,
 )
-from .ingest import Origin, StoreResult, StoreStatus
+from .ingest import Origin, Prepared, StoreResult, StoreStatus
 from .query import Query
 from .retrieve import StoredInstance
 
@@ -33,6 +33,7 @@ __all__ = [
     "NotFound",
     "Origin",
     "OutOfResources",
+    "Prepared",
     "Query",
     "StoreResult",
     "StoreStatus",

@@ -3,18 +3,19 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import func, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import metrics
 from ..config import Settings
 from . import index, query, retrieve
 from .audit import AuditWriter
-from .errors import NotFound, OutOfResources
-from .ingest import Ingest, Origin, StoreResult, remove_instances
+from .errors import ArchiveError, NotFound, OutOfResources
+from .ingest import Ingest, Origin, Prepared, StoreResult, remove_instances
 from .retrieve import StoredInstance
 from .storage import CHUNK, FolderStorage
 
@@ -77,7 +78,45 @@ class Archive:
         expected_study_uid: str | None = None,
     ) -> StoreResult:
         """Store one Part 10 instance; see :mod:`.ingest`."""
-        return self._ingest.store(source, origin, expected_study_uid=expected_study_uid)
+        outcome = "failed"  # counted per protocol and outcome (dicomweb_server.metrics)
+        try:
+            result = self._ingest.store(source, origin, expected_study_uid=expected_study_uid)
+            outcome = str(result.status)
+            return result
+        finally:
+            metrics.instance_received(origin.protocol, outcome)
+
+    def prepare(
+        self,
+        source: BinaryIO | Path,
+        origin: Origin,
+        *,
+        expected_study_uid: str | None = None,
+    ) -> Prepared | StoreResult:
+        """The first half of :meth:`store` for batches: file received, checked, in place.
+
+        Pass what it returns to :meth:`index` (a :class:`StoreResult` is final already);
+        :meth:`discard` what will not be indexed after all.
+        """
+        outcome = "failed"  # a final answer here is counted now, a Prepared by index()
+        try:
+            prepared = self._ingest.prepare(source, origin, expected_study_uid=expected_study_uid)
+            outcome = "" if isinstance(prepared, Prepared) else str(prepared.status)
+            return prepared
+        finally:
+            if outcome:
+                metrics.instance_received(origin.protocol, outcome)
+
+    def index(self, batch: Sequence[Prepared]) -> list[StoreResult | ArchiveError]:
+        """The second half: the index rows of several prepared instances in one transaction."""
+        results = self._ingest.index(batch)
+        for prepared, result in zip(batch, results, strict=True):
+            outcome = "failed" if isinstance(result, ArchiveError) else str(result.status)
+            metrics.instance_received(prepared.origin.protocol, outcome)
+        return results
+
+    def discard(self, batch: Sequence[Prepared]) -> None:
+        self._ingest.discard(batch)
 
     def search(self, q: query.Query) -> list[dict[str, Any]]:
         """Answer a QIDO-RS or C-FIND query; see :mod:`.query`."""
@@ -140,6 +179,18 @@ class Archive:
     def count_instances(self) -> int:
         with self.reader() as session:
             return session.scalar(select(func.count()).select_from(index.Instance)) or 0
+
+    def index_size(self) -> dict[str, int]:
+        """Rows per level (``studies``, ``series``, ``instances``), for the metrics scrape.
+
+        Three COUNT(*) queries: about 20 ms for a million instances on SQLite.
+        """
+        tables = {"studies": index.Study, "series": index.Series, "instances": index.Instance}
+        with self.reader() as session:
+            return {
+                name: session.scalar(select(func.count()).select_from(table)) or 0
+                for name, table in tables.items()
+            }
 
     def check(self) -> None:
         """Raise :class:`OutOfResources` unless index and storage are reachable."""

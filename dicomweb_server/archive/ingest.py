@@ -21,6 +21,7 @@ import enum
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -106,6 +107,27 @@ class Ingest:
         Raises an :class:`~.errors.ArchiveError` subclass when the instance is refused;
         nothing of it is then stored.
         """
+        ready = self.prepare(source, origin, expected_study_uid=expected_study_uid)
+        if isinstance(ready, StoreResult):
+            return ready
+        [outcome] = self.index([ready])
+        if isinstance(outcome, ArchiveError):
+            raise outcome
+        return outcome
+
+    def prepare(
+        self,
+        source: BinaryIO | Path,
+        origin: Origin,
+        *,
+        expected_study_uid: str | None = None,
+    ) -> Prepared | StoreResult:
+        """Steps 1-3 of ingest: receive, parse, validate and put the file in place.
+
+        Returns a :class:`Prepared` instance for :meth:`index`, or the final result when
+        nothing is left to index (a duplicate kept, an instance quarantined).  Raises an
+        :class:`~.errors.ArchiveError` when the instance is refused.
+        """
         if isinstance(source, Path):
             with open(source, "rb") as stream:
                 received = self.storage.receive(stream, self.settings.max_instance_size)
@@ -123,33 +145,67 @@ class Ingest:
                 applied = self.deid.apply(received, parsed, origin)
                 received, parsed = applied.received, applied.parsed
                 if applied.quarantined:
-                    return self._result(parsed, StoreStatus.QUARANTINED)
+                    return _result(parsed, StoreStatus.QUARANTINED)
             early = self._check_duplicate(parsed)
             if early is not None:
                 self.storage.discard(received)
                 return early
+            return Prepared(parsed, received, self._place(parsed, received), origin)
         except BaseException as exc:
             self.storage.discard(received)
             if isinstance(exc, ArchiveError) and parsed is not None:
-                exc.sop_class_uid, exc.sop_uid = parsed.sop_class_uid, parsed.sop_uid
-            raise
-        try:
-            return self._commit(parsed, received, origin)
-        except ArchiveError as exc:
-            exc.sop_class_uid, exc.sop_uid = parsed.sop_class_uid, parsed.sop_uid
+                _name(exc, parsed)
             raise
 
-    def _result(self, parsed: ParsedInstance, status: StoreStatus) -> StoreResult:
-        return StoreResult(
-            parsed.study_uid,
-            parsed.series_uid,
-            parsed.sop_uid,
-            parsed.sop_class_uid,
-            parsed.transfer_syntax_uid,
-            status,
-            tuple(parsed.warnings),
-            parsed.coerced,
-        )
+    def index(self, batch: Sequence[Prepared]) -> list[StoreResult | ArchiveError]:
+        """Step 4 of ingest: the index rows of prepared instances, one outcome each.
+
+        All rows go into one transaction, so a STOW-RS request of ten instances takes
+        the index's write lock once instead of ten times (on SQLite the lock, not the
+        work, is what several clients queue for).  If that transaction fails, each
+        instance is indexed alone, so one refusal does not sink the others.  A refused
+        instance's file is removed; nothing is left half-stored.
+        """
+        if not batch:
+            return []
+        try:
+            written: list[tuple[StoreStatus, str | None] | ArchiveError] = list(
+                self._transaction(batch)
+            )
+        except ArchiveError as exc:
+            written = [self._index_alone(p) for p in batch] if len(batch) > 1 else [exc]
+        except BaseException:
+            self.discard(batch)
+            raise
+        return [self._finish(p, w) for p, w in zip(batch, written, strict=True)]
+
+    def discard(self, batch: Sequence[Prepared]) -> None:
+        """Remove the files of prepared instances that will not be indexed."""
+        for prepared in batch:
+            self.storage.remove(prepared.key)
+
+    def _index_alone(self, prepared: Prepared) -> tuple[StoreStatus, str | None] | ArchiveError:
+        try:
+            [written] = self._transaction([prepared])
+        except ArchiveError as exc:
+            return exc
+        except BaseException:
+            self.storage.remove(prepared.key)
+            raise
+        return written
+
+    def _finish(
+        self, prepared: Prepared, written: tuple[StoreStatus, str | None] | ArchiveError
+    ) -> StoreResult | ArchiveError:
+        if isinstance(written, ArchiveError):
+            self.storage.remove(prepared.key)
+            return _name(written, prepared.parsed)
+        status, old_key = written
+        if status is StoreStatus.DUPLICATE:
+            self.storage.remove(prepared.key)
+        if old_key is not None and old_key != prepared.key:
+            self.storage.remove(old_key)
+        return _result(prepared.parsed, status)
 
     def _check_duplicate(self, parsed: ParsedInstance) -> StoreResult | None:
         """Settle the common duplicate cases before any file is moved."""
@@ -162,9 +218,10 @@ class Ingest:
             return None
         if policy is DuplicatePolicy.REJECT:
             raise DuplicateInstance(f"SOP Instance {parsed.sop_uid} is stored already")
-        return self._result(parsed, StoreStatus.DUPLICATE)
+        return _result(parsed, StoreStatus.DUPLICATE)
 
-    def _commit(self, parsed: ParsedInstance, received: Received, origin: Origin) -> StoreResult:
+    def _place(self, parsed: ParsedInstance, received: Received) -> str:
+        """Give the received file its final name; returns the storage key."""
         key = instance_key(parsed.study_uid, parsed.series_uid, parsed.sop_uid)
         try:
             self.storage.commit(received, key)
@@ -174,28 +231,20 @@ class Ingest:
                 parsed.study_uid, parsed.series_uid, parsed.sop_uid, uuid.uuid4().hex[:12]
             )
             self.storage.commit(received, key)
-        try:
-            status, old_key = self._index(parsed, received, key, origin)
-        except BaseException:
-            self.storage.remove(key)
-            raise
-        if status is StoreStatus.DUPLICATE:
-            self.storage.remove(key)
-        if old_key is not None and old_key != key:
-            self.storage.remove(old_key)
-        return self._result(parsed, status)
+        return key
 
-    def _index(
-        self, parsed: ParsedInstance, received: Received, key: str, origin: Origin
-    ) -> tuple[StoreStatus, str | None]:
+    def _transaction(self, batch: Sequence[Prepared]) -> list[tuple[StoreStatus, str | None]]:
         for attempt in range(_RETRIES):
             try:
                 # Core statements on a plain connection: the ORM's unit of work adds
                 # nothing here and costs ~0.1 ms a statement.
                 with self.writer.begin() as connection:
-                    return write_index_rows(
-                        connection, parsed, received, key, origin, self.settings
-                    )
+                    return [
+                        write_index_rows(
+                            connection, p.parsed, p.received, p.key, p.origin, self.settings
+                        )
+                        for p in batch
+                    ]
             except IntegrityError:
                 # Another process inserted the same patient/study/series/instance between
                 # our look-up and our insert: the retry will find its row.
@@ -207,6 +256,35 @@ class Ingest:
                     continue
                 raise OutOfResources(f"the index cannot be written: {exc.orig}") from exc
         raise AssertionError("unreachable")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An instance received, parsed and in its final place, waiting for its index rows."""
+
+    parsed: ParsedInstance
+    received: Received
+    key: str
+    origin: Origin
+
+
+def _result(parsed: ParsedInstance, status: StoreStatus) -> StoreResult:
+    return StoreResult(
+        parsed.study_uid,
+        parsed.series_uid,
+        parsed.sop_uid,
+        parsed.sop_class_uid,
+        parsed.transfer_syntax_uid,
+        status,
+        tuple(parsed.warnings),
+        parsed.coerced,
+    )
+
+
+def _name(exc: ArchiveError, parsed: ParsedInstance) -> ArchiveError:
+    """Attach the refused instance's UIDs, which STOW-RS reports in FailedSOPSequence."""
+    exc.sop_class_uid, exc.sop_uid = parsed.sop_class_uid, parsed.sop_uid
+    return exc
 
 
 def _is_transient(exc: DBAPIError) -> bool:

@@ -20,6 +20,16 @@ extension).  The failure and warning reasons come from the tables in :mod:`.erro
 each refusal's text goes into a ``Warning: 299`` header field (RFC 9111 5.5, as PS3.18
 8.4 and the UPS transactions use it) and the log.
 
+Limits (``http.max_request_size``, ``http.max_parts``): a body longer than allowed, or
+with more parts, is answered 413 Content Too Large (RFC 9110 15.5.14; PS3.18 8.6 lists
+413 among the status codes of the web services).  With a Content-Length over the limit
+nothing is stored; with chunked transfer coding the size is known only while reading, so
+reading stops at the limit, the instance being read is dropped, and the instances stored
+before it are kept and listed in the response body (as for any body that breaks off).
+A full disk is 507 Insufficient Storage (RFC 4918 11.5) with Failure Reason A700 per
+instance; an unreachable index is 503 (PS3.18 8.6 "Busy"), also with A700.  Both only
+when no instance of the request was stored: otherwise 202 with the failures listed.
+
 Delete is not part of PS3.18; the resources answer ``204 No Content`` as the Microsoft
 DICOM service and dcm4chee-arc do (``404`` if nothing matches, ``400`` for a malformed UID).
 """
@@ -35,18 +45,27 @@ from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, json, request
-from werkzeug.exceptions import BadRequest, ClientDisconnected, UnsupportedMediaType
+from werkzeug.exceptions import (
+    BadRequest,
+    ClientDisconnected,
+    RequestEntityTooLarge,
+    UnsupportedMediaType,
+)
 
-from ..archive import Archive, ArchiveError, Origin, StoreResult, StoreStatus
+from ..archive import Archive, ArchiveError, Origin, Prepared, StoreResult, StoreStatus
+from ..archive.errors import OutOfResources
 from ..archive.jsonstore import BulkResolver, build_part10
 from ..archive.uids import is_valid_uid
 from . import errors
 from .multipart_parser import (
+    BodyTooLarge,
+    LimitedStream,
     MultipartError,
     MultipartReader,
     Part,
     PartReader,
     Readable,
+    TooManyParts,
     parse_content_type,
 )
 from .urls import base_url
@@ -59,6 +78,12 @@ DICOM = "application/dicom"
 DICOM_JSON = "application/dicom+json"
 #: At most this many ``Warning`` header fields; the body lists every instance anyway.
 MAX_WARNING_HEADERS = 10
+#: After refusing a body as too large, read (and drop) at most this much of the rest, so
+#: that a client still sending can read the answer rather than a connection reset
+#: ("lingering close"); past it the connection is just closed (RFC 9110 15.5.14 allows it).
+DRAIN_LIMIT = 8 << 20
+#: The request's body stream, limited, in the WSGI environ (one wrapper per request).
+_BODY_KEY = "dicomweb_server.stow.body"
 
 
 @dataclass(frozen=True)
@@ -69,6 +94,13 @@ class Failure:
     message: str
     sop_class_uid: str = ""
     sop_uid: str = ""
+    #: HTTP status of the whole request when nothing was stored and this failure is the
+    #: worst: 507 disk full, 503 index unreachable; 0 for the Table 10.5.3-1 default.
+    http_status: int = 0
+
+
+#: Prepared instances indexed together in one transaction (see ``Archive.index``).
+BATCH = 32
 
 
 @dataclass
@@ -79,16 +111,35 @@ class Outcome:
     failed: list[Failure] = field(default_factory=list)
     #: The body itself was malformed or ended early (as opposed to an instance refused).
     body_error: str = ""
+    #: The body broke ``http.max_request_size`` or ``http.max_parts``: answered 413.
+    limit_error: str = ""
+    #: Instances received and in place, waiting to be indexed together.
+    pending: list[Prepared] = field(default_factory=list)
+
+    def flush(self) -> None:
+        """Index the pending instances, all in one transaction."""
+        pending, self.pending = self.pending, []
+        for prepared, result in zip(pending, _archive().index(pending), strict=True):
+            if isinstance(result, ArchiveError):
+                self.fail(result, f"SOP Instance {prepared.parsed.sop_uid}: {result}")
+            else:
+                self.stored.append(result)
 
     def fail(
         self, exc: BaseException, message: str | None = None, reason: int | None = None
     ) -> None:
+        status = 0
+        if isinstance(exc, OutOfResources):
+            status = errors.status_for(exc)  # 507 disk full, else 503
+        elif errors.is_database_unavailable(exc):
+            status = 503
         self.failed.append(
             Failure(
                 reason if reason is not None else errors.failure_reason(exc),
                 message or str(exc),
                 getattr(exc, "sop_class_uid", ""),
                 getattr(exc, "sop_uid", ""),
+                status,
             )
         )
 
@@ -125,8 +176,20 @@ def _check_uid(value: str | None, name: str) -> None:
 def store(study: str | None = None) -> Response:
     """Store Instances (PS3.18 10.5.1); ``study`` restricts them to one study."""
     _check_uid(study, "StudyInstanceUID")
+    _check_content_length()
     media_type, options = parse_content_type(request.headers.get("Content-Type", ""))
     outcome = Outcome()
+    try:
+        _store_body(media_type, options, study, outcome)
+        outcome.flush()
+    finally:
+        _archive().discard(outcome.pending)  # files of a request that died half-way
+    return _response(outcome, study)
+
+
+def _store_body(
+    media_type: str, options: dict[str, str], study: str | None, outcome: Outcome
+) -> None:
     if media_type == "multipart/related":
         root_type = options.get("type", "").strip().lower()
         if root_type not in ("", DICOM, DICOM_JSON):
@@ -140,7 +203,7 @@ def store(study: str | None = None) -> Response:
                 "the Content-Type multipart/related has no boundary parameter (RFC 2046 5.1.1)"
             )
         try:
-            reader = MultipartReader(request.stream, boundary)
+            reader = MultipartReader(_body(), boundary, max_parts=_limits().max_parts)
         except MultipartError as exc:
             raise BadRequest(str(exc)) from exc
         if root_type == DICOM_JSON:
@@ -151,13 +214,53 @@ def store(study: str | None = None) -> Response:
         # One bare Part 10 instance as the whole body: not in PS3.18's STOW-RS, which
         # asks for multipart/related, but sent by some tools (the Microsoft DICOM service
         # accepts it too); it costs nothing to take.
-        _store_one(request.stream, study, outcome)
+        _store_one(_body(), study, outcome)
     else:
         raise UnsupportedMediaType(
             f'Content-Type "{media_type or "(none)"}" is not supported: STOW-RS takes '
             'multipart/related; type="application/dicom" (PS3.18 10.5.1.2)'
         )
-    return _response(outcome, study)
+
+
+def _limits() -> Any:
+    return current_app.extensions["settings"].http
+
+
+def _check_content_length() -> None:
+    """413 before reading anything when the declared length is over the limit."""
+    limit = _limits().max_request_size
+    length = request.content_length or 0
+    if limit and length > limit:
+        if length <= limit + DRAIN_LIMIT:
+            _drain(request.stream)
+        raise RequestEntityTooLarge(
+            f"the request body of {length} bytes exceeds {limit} bytes "
+            "(http.max_request_size); send the instances in several smaller requests"
+        )
+
+
+def _body() -> LimitedStream:
+    """The request body, cut off at ``http.max_request_size`` (0: not cut)."""
+    body = request.environ.get(_BODY_KEY)
+    if body is None:
+        body = LimitedStream(request.stream, _limits().max_request_size)
+        request.environ[_BODY_KEY] = body
+    return body
+
+
+def _drain(stream: Readable) -> None:
+    """Read and drop up to :data:`DRAIN_LIMIT` bytes of what the client still sends."""
+    left = DRAIN_LIMIT
+    try:
+        while left > 0 and (chunk := stream.read(min(left, 1 << 20))):
+            left -= len(chunk)
+    except (ClientDisconnected, OSError, ValueError):
+        pass
+
+
+def _note_limit(exc: BaseException, outcome: Outcome) -> None:
+    if isinstance(exc, TooManyParts | BodyTooLarge):
+        outcome.limit_error = str(exc)
 
 
 def _store_parts(reader: MultipartReader, study: str | None, outcome: Outcome) -> None:
@@ -170,12 +273,13 @@ def _store_parts(reader: MultipartReader, study: str | None, outcome: Outcome) -
             break
         except (MultipartError, ClientDisconnected, OSError) as exc:
             outcome.body_error = f"the request body is malformed: {exc}"
+            _note_limit(exc, outcome)
             if reader.bytes_read and not isinstance(exc, MultipartError | ClientDisconnected):
                 log.warning("STOW-RS body unreadable: %s", exc)
             break
         if not _store_part(part, study, outcome):
             break
-    if not outcome.stored and not outcome.failed and not outcome.body_error:
+    if not (outcome.stored or outcome.pending or outcome.failed or outcome.body_error):
         outcome.body_error = "the multipart/related body has no parts"
 
 
@@ -236,7 +340,13 @@ def _store_one(
     """Store one instance read from ``stream``; ``False`` when the body broke off."""
     try:
         source = Part10Stream(stream)
-        outcome.stored.append(_archive().store(source, _origin(), expected_study_uid=study))  # type: ignore[arg-type]
+        ready = _archive().prepare(source, _origin(), expected_study_uid=study)  # type: ignore[arg-type]
+        if isinstance(ready, StoreResult):
+            outcome.stored.append(ready)
+        else:
+            outcome.pending.append(ready)
+            if len(outcome.pending) >= BATCH:
+                outcome.flush()
     except ArchiveError as exc:
         outcome.fail(exc, f"{label}: {exc}")
         if isinstance(stream, PartReader):
@@ -244,8 +354,10 @@ def _store_one(
                 stream.drain()  # the archive may have stopped reading early (size limit)
             except (MultipartError, ClientDisconnected, OSError) as drain_error:
                 outcome.body_error = f"the request body is malformed: {drain_error}"
+                _note_limit(drain_error, outcome)
                 return False
     except (MultipartError, ClientDisconnected) as exc:
+        _note_limit(exc, outcome)
         outcome.fail(
             exc,
             f"{label} is incomplete, nothing of it was stored: {exc}",
@@ -254,6 +366,11 @@ def _store_one(
         outcome.body_error = f"the request body broke off in {label}"
         return False
     except Exception as exc:  # the safety net per instance: log, report, go on
+        if errors.is_database_unavailable(exc):
+            log.warning("STOW-RS: %s not stored, the index is unreachable: %s", label, exc)
+            outcome.fail(exc, f"{label}: the index database is unreachable; retry later",
+                         errors.FAILURE_REASON[OutOfResources])
+            return True
         log.exception("STOW-RS: storing %s failed unexpectedly", label)
         outcome.fail(
             exc,
@@ -303,6 +420,7 @@ def _store_json_parts(reader: MultipartReader, study: str | None, outcome: Outco
                 bulk[location] = (path, params.get("transfer-syntax"))
         except (MultipartError, ClientDisconnected, OSError) as exc:
             outcome.body_error = f"the request body is malformed: {exc}"
+            _note_limit(exc, outcome)
         if not metadata and not outcome.failed and not outcome.body_error:
             outcome.body_error = "the request has no application/dicom+json metadata part"
         for n, item in enumerate(metadata):
@@ -420,10 +538,15 @@ def response_dataset(outcome: Outcome, base: str) -> dict[str, Any]:
 
 
 def status_code(outcome: Outcome) -> int:
-    """HTTP status per PS3.18 Table 10.5.3-1."""
+    """HTTP status per PS3.18 Table 10.5.3-1; 413, 503 and 507 as the module says."""
+    if outcome.limit_error:
+        return 413
     if outcome.stored:
         coerced = any(r.coerced for r in outcome.stored)
         return 202 if outcome.failed or outcome.body_error or coerced else 200
+    worst = max((f.http_status for f in outcome.failed), default=0)
+    if worst:
+        return worst  # 507 disk full before 503 index unreachable
     understood = {errors.CANNOT_UNDERSTAND}
     if outcome.body_error or all(f.reason in understood for f in outcome.failed):
         return 400  # "unable to store any Instances due to bad syntax"
@@ -440,8 +563,14 @@ def _warning_headers(messages: Iterable[str]) -> list[tuple[str, str]]:
 
 
 def _response(outcome: Outcome, study: str | None) -> Response:
+    if _body().exceeded and not outcome.limit_error:
+        outcome.limit_error = str(BodyTooLarge(f"the request body exceeds {_body().limit} bytes"))
+    if outcome.limit_error:
+        _drain(request.stream)  # so that the client reads the 413 (see DRAIN_LIMIT)
     status = status_code(outcome)
     messages = [f.message for f in outcome.failed]
+    if outcome.limit_error and outcome.limit_error not in messages:
+        messages.insert(0, outcome.limit_error)
     if outcome.body_error and outcome.body_error not in messages:
         messages.append(outcome.body_error)
     for result in outcome.stored:
