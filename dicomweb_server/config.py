@@ -97,6 +97,14 @@ class RemoteAE(_Section):
     host: str
     port: int = Field(ge=1, le=65535)
 
+    # -- viewer (the built-in web page and OHIF; see web/viewer.py) --
+    #: Serve the built-in study browser at ``/`` (and an installed OHIF under ``/ohif/``).
+    viewer: bool = True
+    #: Folder of an OHIF Viewer build (``index.html`` at its top) served under ``/ohif/``.
+    #: Empty: ``<data_dir>/ohif`` when it exists (``dicomweb-server install-viewer``).
+    viewer_dir: str = ""
+    # -- viewer (end) --
+
 
 class DimseSettings(_Section):
     enabled: bool = True

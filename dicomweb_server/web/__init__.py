@@ -37,6 +37,12 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     compress.install(app)
     # auth: after compress, so that its after_request hook (audit) runs before gzip.
     app.register_blueprint(admin.blueprint, url_prefix="/admin")
+    # -- viewer: the built-in page at / and OHIF under /ohif/ (web/viewer.py) --
+    if settings.http.viewer:
+        from . import viewer
+
+        app.register_blueprint(viewer.blueprint)
+    # -- viewer (end) --
     auth.install(app, settings, app.extensions["archive"])
     if settings.http.cors_origins:
         CORS(
