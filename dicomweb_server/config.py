@@ -92,11 +92,6 @@ class HttpSettings(_Section):
         value = "/" + value.strip("/")
         return "" if value == "/" else value
 
-
-class RemoteAE(_Section):
-    host: str
-    port: int = Field(ge=1, le=65535)
-
     # -- viewer (the built-in web page and OHIF; see web/viewer.py) --
     #: Serve the built-in study browser at ``/`` (and an installed OHIF under ``/ohif/``).
     viewer: bool = True
@@ -104,6 +99,11 @@ class RemoteAE(_Section):
     #: Empty: ``<data_dir>/ohif`` when it exists (``dicomweb-server install-viewer``).
     viewer_dir: str = ""
     # -- viewer (end) --
+
+
+class RemoteAE(_Section):
+    host: str
+    port: int = Field(ge=1, le=65535)
 
 
 class DimseSettings(_Section):
