@@ -2,6 +2,13 @@
 
 The index schema is brought up to date once, in the parent, before any worker forks;
 each worker then opens its own Archive (database connections must not cross a fork).
+
+Metrics: the workers and the DIMSE child are separate processes, so prometheus-client
+runs in multiprocess mode (:func:`_metrics_dir`): ``PROMETHEUS_MULTIPROC_DIR`` names a
+fresh temporary folder before anything forks, every process writes its values there,
+``/metrics`` sums them, and the folder is removed on exit.  An operator who set the
+variable (to share one folder between separately started ``web`` and ``dimse``
+processes) keeps that folder; clearing it between runs is then theirs to do.
 """
 
 from __future__ import annotations
@@ -9,11 +16,15 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import logs
+from . import logs, metrics
 from .archive import index
 from .config import Settings
 
@@ -68,14 +79,39 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         "keepalive": 75,
         "accesslog": None,
         "when_ready": when_ready,
+        "child_exit": _child_exit,
         **extra,
     }
+
+
+def _child_exit(_server: Any, worker: Any) -> None:
+    metrics.mark_process_dead(worker.pid)
+
+
+@contextmanager
+def _metrics_dir() -> Iterator[None]:
+    """``PROMETHEUS_MULTIPROC_DIR`` for this run: a fresh folder unless already set.
+
+    Must run before any process that records metrics starts (prometheus-client reads
+    the variable when a process first imports it; see :mod:`dicomweb_server.metrics`).
+    """
+    if metrics.multiprocess_dir():
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="dicomweb-metrics-")
+    os.environ[metrics.MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(metrics.MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_web(settings: Settings) -> None:
     """Serve DICOMweb under gunicorn until interrupted."""
     _prepare(settings)
-    _Gunicorn(settings, gunicorn_options(settings)).run()
+    with _metrics_dir():
+        _Gunicorn(settings, gunicorn_options(settings)).run()
 
 
 def _dimse_child(settings: Settings) -> None:
@@ -88,6 +124,11 @@ def _dimse_child(settings: Settings) -> None:
 def run_serve(settings: Settings) -> None:
     """Serve DICOMweb and DIMSE together until interrupted."""
     _prepare(settings)
+    with _metrics_dir():
+        _serve(settings)
+
+
+def _serve(settings: Settings) -> None:
     child = None
     if settings.dimse.enabled:
         child = multiprocessing.get_context("spawn").Process(
@@ -99,5 +140,7 @@ def run_serve(settings: Settings) -> None:
         if child is not None and child.is_alive():
             child.terminate()
             child.join(10)
+        if child is not None and child.pid is not None:
+            metrics.mark_process_dead(child.pid)
 
     _Gunicorn(settings, gunicorn_options(settings, on_exit=on_exit)).run()

@@ -3,6 +3,10 @@
 A site admin reading the log sees, per peer connection, who called, from where, which
 operations ran, how many instances came in or went out and how long it took, without
 pynetdicom's per-PDU chatter.
+
+Each association also gets an id, bound to the logging context of its thread
+(:meth:`Activity.bind`), so that every line logged while it is handled carries
+``association_id``; and the metrics count associations (total and open).
 """
 
 from __future__ import annotations
@@ -10,9 +14,12 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+from dicomweb_server import logs, metrics
 
 if TYPE_CHECKING:
     from pynetdicom.association import Association
@@ -30,6 +37,7 @@ class AssociationStats:
     stored: int = 0
     store_failed: int = 0
     sent: int = 0
+    association_id: str = field(default_factory=lambda: uuid.uuid4().hex)
 
 
 class Activity:
@@ -42,6 +50,11 @@ class Activity:
     def opened(self, assoc: Association, address: str) -> None:
         with self._lock:
             self._open[id(assoc)] = AssociationStats(address)
+        metrics.association_opened()
+
+    def bind(self, assoc: Association) -> None:
+        """Tag this thread's log records with the association's id (in its own thread)."""
+        logs.bind_association(self.stats(assoc).association_id)
 
     def stats(self, assoc: Association) -> AssociationStats:
         """The counters of ``assoc`` (a fresh, unregistered set if it is unknown)."""
@@ -55,6 +68,7 @@ class Activity:
             stats = self._open.pop(id(assoc), None)
         if stats is None:
             return
+        metrics.association_closed()
         requestor = assoc.requestor
         log.info(
             "association",
@@ -68,6 +82,7 @@ class Activity:
                 "store_failed": stats.store_failed,
                 "sent": stats.sent,
                 "duration_ms": round((time.monotonic() - stats.started) * 1000, 1),
+                "association_id": stats.association_id,
             },
         )
 

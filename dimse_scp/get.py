@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
+from dicomweb_server import metrics
 from dicomweb_server.archive import ArchiveError
 
 from . import datasets, retrieval, status
@@ -51,5 +52,6 @@ def handle_get(event: Event, runtime: Runtime) -> Iterator[GetReply]:
             return
         yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
         stats.sent += 1
+        metrics.instance_sent("DIMSE")
     # Exhausting the generator lets pynetdicom send the final status from its counts:
     # Success, Warning B000 when some sub-operations failed, A702 when all did.

@@ -18,6 +18,7 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
+from dicomweb_server import metrics
 from dicomweb_server.archive import ArchiveError
 
 from . import datasets, retrieval, status
@@ -80,5 +81,6 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
             return
         yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
         stats.sent += 1
+        metrics.instance_sent("DIMSE")
     # Exhausting the generator lets pynetdicom send the final status from its counts:
     # Success, Warning B000 when some sub-operations failed, A702 when all did.

@@ -37,6 +37,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
+from dicomweb_server import metrics
 from dicomweb_server.archive import Archive
 from dicomweb_server.config import DimseSettings, Settings
 
@@ -150,16 +151,32 @@ def _opened(event: Event, runtime: Runtime) -> None:
     runtime.activity.opened(event.assoc, f"{host}:{port}")
 
 
+def _requested(event: Event, runtime: Runtime) -> None:
+    # The first event in the association's own thread: bind its id for logging there.
+    runtime.activity.bind(event.assoc)
+
+
 def _closed(event: Event, runtime: Runtime) -> None:
     runtime.activity.closed(event.assoc)
+
+
+def _sent(event: Event) -> None:
+    """Count each final response we send (C_STORE_RSP -> "C-STORE"); not pending ones."""
+    name = type(event.message).__name__
+    if name.endswith("_RSP"):
+        status = getattr(event.message.command_set, "Status", None)
+        if status is not None and metrics.status_class(status) != "pending":
+            metrics.dimse_operation(name[: -len("_RSP")].replace("_", "-"), int(status))
 
 
 def handlers(runtime: Runtime) -> list[tuple[Any, Callable[..., Any], list[Any]]]:
     """Every event handler, with the runtime bound as an argument (no globals)."""
     return [
         (evt.EVT_CONN_OPEN, _opened, [runtime]),
+        (evt.EVT_REQUESTED, _requested, [runtime]),
         (evt.EVT_REQUESTED, _check_peer, [runtime.settings.dimse]),
         (evt.EVT_CONN_CLOSE, _closed, [runtime]),
+        (evt.EVT_DIMSE_SENT, _sent, []),
         (evt.EVT_C_ECHO, handle_echo, [runtime]),
         (evt.EVT_C_STORE, handle_store, [runtime]),
         (evt.EVT_C_FIND, handle_find, [runtime]),

@@ -13,7 +13,7 @@ from werkzeug.middleware.proxy_fix import ProxyFix
 
 from ..archive import Archive
 from ..config import Settings
-from . import compress, errors
+from . import compress, errors, metrics
 
 
 def archive() -> Archive:
@@ -30,6 +30,8 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
     app.json.sort_keys = False  # DICOM JSON keys are in tag order already
     app.extensions["settings"] = settings
     app.extensions["archive"] = archive or Archive(settings, upgrade=False)
+    # metrics: first, so that its route label is set before auth may refuse a request.
+    metrics.install(app, app.extensions["archive"])
     base = settings.http.base_path
     for module in (qido, wado, stow):
         app.register_blueprint(module.blueprint, url_prefix=base or None)
@@ -55,6 +57,7 @@ def create_app(settings: Settings, archive: Archive | None = None) -> Flask:
                 "Warning",
                 "Location",
                 "WWW-Authenticate",
+                metrics.REQUEST_ID_HEADER,
             ],
             max_age=3600,
         )

@@ -89,8 +89,9 @@ BY_METHOD: dict[str, Role] = {
     "PATCH": Role.WRITE,
     "DELETE": Role.DELETE,
 }
-#: Endpoints anyone may call, never audited: liveness and readiness probes.
-OPEN_ENDPOINTS = frozenset({"health", "ready", "static"})
+#: Endpoints anyone may call, never audited: liveness and readiness probes, and the
+#: Prometheus scrape (counts and timings only; see web/metrics.py).
+OPEN_ENDPOINTS = frozenset({"health", "ready", "metrics", "static"})
 
 
 def rule_for(blueprint: str | None, endpoint: str | None, method: str) -> Rule | None:
