@@ -85,6 +85,14 @@ class HttpSettings(_Section):
     threads: int = Field(default=8, ge=1)
     #: Seconds a worker may stay silent before gunicorn restarts it.
     timeout: int = Field(default=300, ge=1)
+    # -- limits (hostile or mistaken clients; see docs/reliability.md) --
+    #: Largest STOW-RS request body in bytes (0: no limit).  Bodies are streamed to disk
+    #: one instance at a time, so size costs no memory; the limit is a policy knob.
+    max_request_size: int = Field(default=0, ge=0)
+    #: Most parts in one STOW-RS request (0: no limit); bounds the per-request response.
+    max_parts: int = Field(default=10_000, ge=0)
+    #: Most matches one QIDO-RS response returns ("maxResults", PS3.18 8.3.4.4.1).
+    qido_max_limit: int = Field(default=10_000, ge=1)
 
     @field_validator("base_path")
     @classmethod

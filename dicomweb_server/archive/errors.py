@@ -42,6 +42,15 @@ class OutOfResources(ArchiveError):
     """Storage is full or unwritable; the caller may retry later.  Nothing was stored."""
 
 
+class StorageFull(OutOfResources):
+    """The storage file system is full or the quota is exhausted (ENOSPC, EDQUOT).
+
+    A kind of :class:`OutOfResources` (C-STORE A700, STOW-RS Failure Reason A700) that
+    the web front answers 507 Insufficient Storage (RFC 4918 11.5) rather than 503:
+    retrying soon will not help until an operator frees space.
+    """
+
+
 class NotFound(ArchiveError):
     """No stored study, series, instance, frame or bulk data matches the request."""
 

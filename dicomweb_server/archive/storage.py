@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
 
-from .errors import InstanceTooLarge, NotFound, OutOfResources
+from .errors import InstanceTooLarge, NotFound, OutOfResources, StorageFull
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,9 @@ def instance_key(study_uid: str, series_uid: str, sop_uid: str, variant: str = "
 
 
 def _out_of_resources(exc: OSError) -> OutOfResources | None:
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EMFILE, errno.ENFILE):
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"storage is full: {exc.strerror}")
+    if exc.errno in (errno.EROFS, errno.EMFILE, errno.ENFILE):
         return OutOfResources(f"storage cannot be written: {exc.strerror}")
     return None
 

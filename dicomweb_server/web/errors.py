@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 
+import sqlalchemy.exc
 from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
@@ -26,7 +27,27 @@ STATUS: dict[type[errors.ArchiveError], int] = {
     errors.DuplicateInstance: 409,
     errors.InstanceTooLarge: 413,
     errors.OutOfResources: 503,
+    # RFC 4918 11.5 Insufficient Storage: the disk is full, a retry will not help until
+    # space is freed (PS3.18 8.6 has 503 for a busy server; full is not busy).
+    errors.StorageFull: 507,
 }
+
+#: Index (database) failures that mean "unreachable" rather than "a bug": a refused or
+#: dropped connection, a pool exhausted.  Answered 503 Service Unavailable (RFC 9110
+#: 15.6.4, PS3.18 8.6 "Busy"): the condition is temporary, and since the engines ping
+#: each connection before use (pool_pre_ping) the next request after recovery succeeds.
+DATABASE_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sqlalchemy.exc.OperationalError,
+    sqlalchemy.exc.InterfaceError,
+    sqlalchemy.exc.TimeoutError,
+)
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the index cannot be reached (as opposed to a bad statement)."""
+    if isinstance(exc, DATABASE_UNAVAILABLE):
+        return True
+    return isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated
 
 
 #: PS3.18 Annex I.2.2 Failure Reason (0008,1197) values for a STOW-RS instance refused
@@ -92,6 +113,18 @@ def register(app: Flask) -> None:
         for key, value in exc.get_headers():
             if key.lower() != "content-type":
                 response.headers[key] = value
+        return response
+
+    @app.errorhandler(sqlalchemy.exc.SQLAlchemyError)
+    def _database_error(exc: sqlalchemy.exc.SQLAlchemyError) -> Response:
+        if not is_database_unavailable(exc):
+            log.exception("unhandled database error")
+            return error_response(500, "internal error; the server log has the details")
+        log.warning("index unavailable: %s", exc)
+        response = error_response(
+            503, "the index database is unreachable; retry later (see the server log)"
+        )
+        response.headers["Retry-After"] = "5"
         return response
 
     @app.errorhandler(Exception)

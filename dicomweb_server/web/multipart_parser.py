@@ -38,6 +38,66 @@ class TruncatedBody(MultipartError):
     """The body ended inside a part, before its closing delimiter."""
 
 
+class TooManyParts(MultipartError):
+    """The body has more parts than the reader's ``max_parts`` (``http.max_parts``)."""
+
+
+class BodyTooLarge(MultipartError):
+    """The body is longer than :class:`LimitedStream` allows (``http.max_request_size``)."""
+
+
+class LimitedStream:
+    """``stream`` cut off after ``limit`` bytes: reading past it raises :class:`BodyTooLarge`.
+
+    A chunked request declares no length, so its size is known only while it is read;
+    this wrapper stops the upload at the limit instead of storing it to the end.  Like
+    Werkzeug's ``LimitedStream`` with ``is_max=True``, but without Flask or Werkzeug.
+
+    Parameters
+    ----------
+    stream
+        The request body.
+    limit
+        Largest number of bytes allowed; 0 means no limit.
+    """
+
+    def __init__(self, stream: Readable, limit: int) -> None:
+        self._stream = stream
+        self.limit = limit
+        self.bytes_read = 0
+        self.exceeded = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self.exceeded:
+            raise self._error()
+        if self.limit and (size is None or size < 0):
+            size = CHUNK
+        if not self.limit:
+            data = self._stream.read(size)
+            self.bytes_read += len(data)
+            return data
+        # One byte more than allowed tells an exact fit from an overlong body.  What fits
+        # is still handed out (the parts it completes are stored); the next read raises.
+        allowed = self.limit - self.bytes_read
+        data = self._stream.read(min(size, allowed + 1))
+        if len(data) > allowed:
+            self.exceeded = True
+            data = data[:allowed]
+            if not data:
+                raise self._error()
+        self.bytes_read += len(data)
+        return data
+
+    def _error(self) -> BodyTooLarge:
+        return BodyTooLarge(
+            f"the request body exceeds {self.limit} bytes (http.max_request_size); "
+            "send the instances in several smaller requests"
+        )
+
+    def readable(self) -> bool:
+        return True
+
+
 @dataclass(frozen=True)
 class Part:
     """One body part: its header fields (names lower-cased) and a reader of its content."""
@@ -68,9 +128,18 @@ class MultipartReader:
         The ``boundary`` parameter of the Content-Type, without quotes.
     chunk_size
         Bytes read from ``stream`` at a time.
+    max_parts
+        Most parts allowed (0: no limit); the next one raises :class:`TooManyParts`
+        before any of its bytes are handed out.
     """
 
-    def __init__(self, stream: Readable, boundary: str | bytes, chunk_size: int = CHUNK) -> None:
+    def __init__(
+        self,
+        stream: Readable,
+        boundary: str | bytes,
+        chunk_size: int = CHUNK,
+        max_parts: int = 0,
+    ) -> None:
         if isinstance(boundary, str):
             boundary = boundary.encode("latin-1")
         if not 1 <= len(boundary) <= 70:  # RFC 2046 5.1.1: 1 to 70 characters
@@ -86,6 +155,7 @@ class MultipartReader:
         self._eof = False
         self._finished = False
         self._current: PartReader | None = None
+        self._max_parts = max_parts
         self.bytes_read = 0
 
     # -- buffer management ---------------------------------------------------------
@@ -202,6 +272,11 @@ class MultipartReader:
             ) from None
         index = 0
         while self._after_delimiter():
+            if self._max_parts and index >= self._max_parts:
+                raise TooManyParts(
+                    f"the body has more than {self._max_parts} parts (http.max_parts); "
+                    "send the instances in several requests"
+                )
             part = Part(self._read_headers(), PartReader(self), index)
             self._current = part.stream
             yield part

@@ -11,8 +11,10 @@ Choices worth knowing:
   empty page; an empty array is also a valid response of the ``application/dicom+json``
   media type and is what clients (dicomweb-client, OHIF) handle uniformly, so every
   search answers the same way whatever the filters.
-* ``limit`` is capped at :data:`MAX_LIMIT` (the origin server's "maxResults" of PS3.18
-  8.3.4.4.1), which is also the limit when none is given.  When matches remain after
+* ``limit`` is capped at ``http.qido_max_limit`` (the origin server's "maxResults" of
+  PS3.18 8.3.4.4.1; default :data:`MAX_LIMIT`), which is also the limit when none is
+  given.  A larger ``limit`` is not an error: 8.3.4.4.1 defines the number of results
+  as the minimum of matches - offset, maxResults and limit.  When matches remain after
   the page, the response carries ``Warning: 299 {+service}: "There are additional
   results that can be requested"``; the archive is asked for one row more than the
   page to know that, so no separate COUNT is run.
@@ -26,7 +28,7 @@ import dataclasses
 import json
 from typing import Any
 
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, abort, current_app, request
 
 from ..archive import InvalidQuery, Level, Query
 from ..archive.query import resolve_key, vr_of
@@ -36,8 +38,8 @@ from .accept import accepts
 
 blueprint = Blueprint("qido", __name__)
 
-#: Most matches one response returns (PS3.18 8.3.4.4.1 "maxResults"); also the limit
-#: when the request gives none.  Not yet a setting.
+#: Default of ``http.qido_max_limit``: most matches one response returns (PS3.18
+#: 8.3.4.4.1 "maxResults"); also the limit when the request gives none.
 MAX_LIMIT = 10_000
 
 DICOM_JSON = "application/dicom+json"
@@ -141,11 +143,16 @@ def parse_query(level: Level, study_uid: str | None = None,
         filters=filters,
         return_keys=tuple(return_keys),
         fuzzy=_boolean("fuzzymatching"),
-        limit=min(_count("limit", MAX_LIMIT), MAX_LIMIT),
+        limit=min(_count("limit", _max_limit()), _max_limit()),
         offset=_count("offset", 0),
         study_uid=study_uid,
         series_uid=series_uid,
     )
+
+
+def _max_limit() -> int:
+    """``http.qido_max_limit`` of the serving app."""
+    return int(current_app.extensions["settings"].http.qido_max_limit)
 
 
 def _boolean(name: str) -> bool:
@@ -159,9 +166,12 @@ def _count(name: str, default: int) -> int:
     value = request.args.get(name)
     if value is None or value == "":
         return default
-    if not value.isdigit():
+    # isascii: str.isdigit also accepts digits int() refuses ("²"); the bound keeps the
+    # value inside a 64-bit SQL integer.
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= 1 << 63:
         raise InvalidQuery(
-            f"{name}: must be an unsigned integer, got {value[:40]!r} (PS3.18 8.3.4.4)"
+            f"{name}: must be an unsigned integer below 2^63, got {value[:40]!r} "
+            "(PS3.18 8.3.4.4)"
         )
     return int(value)
 
@@ -169,7 +179,7 @@ def _count(name: str, default: int) -> int:
 def _search(level: Level, study_uid: str | None = None, series_uid: str | None = None) -> Response:
     media_type = _media_type()
     query = parse_query(level, study_uid, series_uid)
-    limit = query.limit if query.limit is not None else MAX_LIMIT
+    limit = query.limit if query.limit is not None else _max_limit()
     probe = dataclasses.replace(query, limit=limit + 1)
     results = archive().search(probe)
     more = len(results) > limit
