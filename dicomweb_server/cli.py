@@ -353,5 +353,49 @@ def quarantine_reject(
 
 # -- deid (end) ---------------------------------------------------------------------------
 
+# -- install-viewer (viewer_install.py) ------------------------------------------------------
+
+
+@main.command("install-viewer")
+@_option("--version", "ohif_version", help="@ohif/app version to fetch from npm. [3.13.2]")
+@_option(
+    "--target",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to install into. [http.viewer_dir, else <data_dir>/ohif]",
+)
+@_option("--package", help="npm pack spec instead of @ohif/app@VERSION (tarball, folder, URL).")
+@_option("--force", is_flag=True, help="Reinstall even when the same package is installed.")
+@data_dir_option
+@config_option
+def install_viewer(
+    ohif_version: str | None,
+    target: Path | None,
+    package: str | None,
+    force: bool,
+    config_file: Path | None,
+    data_dir: Path | None,
+) -> None:
+    """Install the OHIF Viewer (npm's prebuilt @ohif/app) to be served under /ohif/."""
+    from . import viewer_install
+
+    settings = build_settings(config_file, data_dir=data_dir)
+    folder = target or viewer_install.default_target(settings)
+    try:
+        done = viewer_install.install(
+            folder,
+            ohif_version or viewer_install.DEFAULT_VERSION,
+            package=package,
+            force=force,
+        )
+    except viewer_install.InstallError as exc:
+        raise click.ClickException(str(exc)) from exc
+    spec = viewer_install.installed(folder)
+    click.echo(f"{'installed' if done else 'already installed'}: {spec} in {folder}")
+    if folder != viewer_install.default_target(settings):
+        click.echo(f"set http.viewer_dir = {str(target)!r} for the server to serve it")
+
+
+# -- install-viewer (end) ---------------------------------------------------------------------
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
+from dicomweb_server import viewer_install
 from dicomweb_server.archive import Archive
 from dicomweb_server.web import viewer
 
@@ -271,3 +275,86 @@ class TestOhif:
             assert root == "http://viewer.example.org/pacs/dicom-web"
             page = requests.get(server.root + "/", headers=headers, timeout=10).text
             assert _page_config(page) == {"dicomweb": "/pacs/dicom-web", "ohif": "/pacs/ohif/"}
+
+
+# -- install-viewer -------------------------------------------------------------------------
+
+needs_npm = pytest.mark.skipif(shutil.which("npm") is None, reason="npm is not installed")
+
+
+def _package(folder: Path, version: str = "0.0.0-test", dist: bool = True) -> Path:
+    """A local npm package shaped like @ohif/app: what `npm pack` fetches, offline."""
+    folder.mkdir(parents=True)
+    (folder / "package.json").write_text(
+        json.dumps({"name": "@ohif/app", "version": version, "files": ["dist", "README.md"]})
+    )
+    (folder / "README.md").write_text("not part of the viewer")
+    if dist:
+        make_dist(folder / "dist")
+    return folder
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "dicomweb_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+@needs_npm
+class TestInstall:
+    def test_install_then_serve(self, tmp_path: Path) -> None:
+        package = _package(tmp_path / "pkg")
+        data = tmp_path / "data"
+        result = run_cli("install-viewer", "--data-dir", str(data), "--package", str(package))
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.startswith("installed: ")
+        installed = data / "ohif"
+        assert (installed / "index.html").read_text() == INDEX
+        assert (installed / "app.bundle.abc123.js").read_bytes() == _bundle()
+        assert (installed / "assets" / "b.png").is_file()
+        assert not (installed / "README.md").exists()
+        assert not (installed / "package.json").exists()
+        assert viewer_install.installed(installed) == str(package)
+        assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+        again = run_cli("install-viewer", "--data-dir", str(data), "--package", str(package))
+        assert again.returncode == 0, again.stderr
+        assert again.stdout.startswith("already installed: ")
+
+        for server in _server(tmp_path):  # same data folder: found without configuration
+            html = requests.get(server.root + "/ohif/viewer", timeout=10).text
+            assert 'src="/ohif/app.bundle.abc123.js"' in html
+
+    def test_reinstall_replaces_the_whole_folder(self, tmp_path: Path) -> None:
+        target = tmp_path / "viewer"
+        assert viewer_install.install(target, package=str(_package(tmp_path / "one")))
+        (target / "stale.js").write_text("from the old copy")
+        package = _package(tmp_path / "two", version="0.0.1-test")
+        assert viewer_install.install(target, package=str(package))
+        assert not (target / "stale.js").exists()
+        assert viewer_install.installed(target) == str(package)
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two", "viewer"]
+
+    def test_package_without_dist_leaves_the_installed_copy(self, tmp_path: Path) -> None:
+        data = tmp_path / "data"
+        good = _package(tmp_path / "good")
+        assert (
+            run_cli("install-viewer", "--data-dir", str(data), "--package", str(good)).returncode
+            == 0
+        )
+        bad = _package(tmp_path / "bad", dist=False)
+        result = run_cli(
+            "install-viewer", "--data-dir", str(data), "--package", str(bad), "--force"
+        )
+        assert result.returncode == 1
+        assert "has no dist/index.html" in result.stderr
+        assert viewer_install.installed(data / "ohif") == str(good)
+        assert (data / "ohif" / "index.html").is_file()
+
+    def test_missing_npm_says_what_to_do(self, tmp_path: Path) -> None:
+        with pytest.raises(viewer_install.InstallError, match=r"install Node\.js"):
+            viewer_install.install(tmp_path / "v", npm="no-such-npm-here")
+        assert not (tmp_path / "v").exists()
