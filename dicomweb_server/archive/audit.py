@@ -27,6 +27,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
+from urllib.parse import unquote_plus
 
 from sqlalchemy import insert, select
 from sqlalchemy.engine import Engine
@@ -110,17 +111,55 @@ class Entry:
         }
 
 
+#: Query parameters whose values the audit *log* keeps: paging and return keys, UIDs,
+#: modality and rendering options, none of which identifies a patient.  Every other value
+#: (PatientName, PatientID, 00100010, AccessionNumber, dates...) is logged as
+#: :data:`REDACTED`; the audit *table* keeps the full query, which is what an
+#: investigation of "who searched for this patient" needs, behind the admin role.
+LOGGED_QUERY_VALUES = frozenset(
+    {
+        "limit", "offset", "includefield", "fuzzymatching", "accept", "charset",
+        "quality", "viewport", "window", "annotation", "iccprofile",
+        "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid", "sopclassuid",
+        "modality", "modalitiesinstudy",
+        "0020000d", "0020000e", "00080018", "00080016", "00080060", "00080061",
+    }
+)
+REDACTED = "(redacted)"
+
+
+def redact_query(path: str) -> str:
+    """``path`` with the values of its query parameters redacted unless listed in
+    :data:`LOGGED_QUERY_VALUES`; parameter names stay, so the log still says what kind
+    of search ran."""
+    base, sep, query = path.partition("?")
+    if not sep:
+        return path
+    parts = []
+    for pair in query.split("&"):
+        name, eq, value = pair.partition("=")
+        if eq and unquote_plus(name).strip().lower() not in LOGGED_QUERY_VALUES:
+            value = REDACTED
+        parts.append(name + eq + value)
+    return base + "?" + "&".join(parts)
+
+
 def log_entry(entry: Entry) -> None:
-    """Write ``entry`` to the ``dicomweb_server.audit`` log, fields in ``extra``."""
+    """Write ``entry`` to the ``dicomweb_server.audit`` log, fields in ``extra``.
+
+    The log line is written at INFO, where nothing may identify a patient: query values
+    are redacted (:func:`redact_query`).
+    """
     fields = asdict(entry)
     fields["action"] = str(entry.action)
     fields["at"] = entry.at.isoformat()
     fields["study"] = fields.pop("study_uid")
+    fields["path"] = redact_query(entry.path)
     log.info(
         "%s %s %s by %r from %s -> %s",
         entry.action,
         entry.method,
-        entry.path,
+        fields["path"],
         entry.user,
         entry.address,
         entry.status,
