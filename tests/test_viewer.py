@@ -22,6 +22,7 @@ import requests
 from dicomweb_server import viewer_install
 from dicomweb_server.archive import Archive
 from dicomweb_server.web import viewer
+from dicomweb_server.web.auth import hash_api_key, mint_api_key
 
 from .conftest import WebServer, make_settings
 
@@ -61,8 +62,10 @@ def make_dist(folder: Path) -> Path:
     return folder
 
 
-def _server(tmp_path: Path, **http: object) -> Iterator[WebServer]:
-    settings = make_settings(tmp_path / "data", http=http)
+def _server(
+    tmp_path: Path, auth: dict[str, object] | None = None, **http: object
+) -> Iterator[WebServer]:
+    settings = make_settings(tmp_path / "data", http=http, auth=auth or {})
     archive = Archive(settings)
     server = WebServer(settings, archive)
     yield server
@@ -144,6 +147,23 @@ class TestPage:
         for server in _server(tmp_path, viewer=False):
             assert requests.get(server.root + "/", timeout=10).status_code == 404
             assert requests.get(server.url + "/studies", timeout=10).status_code == 200
+
+    def test_with_authentication_the_page_needs_credentials(self, tmp_path: Path) -> None:
+        # The page sends none (see web/viewer.py): a browser gets 401 at "/", while the
+        # static files stay open like every app static file (web/auth.py OPEN_ENDPOINTS).
+        key = mint_api_key()
+        auth = {
+            "mode": "apikey",
+            "api_keys": {"ui": {"hash": hash_api_key(key), "roles": ["read"]}},
+        }
+        for server in _server(tmp_path, auth=auth, viewer_dir=str(make_dist(tmp_path / "o"))):
+            for path in ("/", "/ohif/", "/ohif/app-config.js"):
+                response = requests.get(server.root + path, timeout=10)
+                assert response.status_code == 401, path
+                assert response.headers["WWW-Authenticate"].startswith("Bearer")
+            assert requests.get(server.root + "/static/viewer/viewer.js", timeout=10).ok
+            with_key = requests.get(server.root + "/", headers={"X-API-Key": key}, timeout=10)
+            assert with_key.status_code == 200
 
     def test_page_follows_base_path(self, tmp_path: Path) -> None:
         for server in _server(tmp_path, base_path="/api/dicomweb"):

@@ -323,6 +323,9 @@ function init() {
     upload(event.dataTransfer.files);
   });
 
+  $("frame").addEventListener("error", () => {
+    if (images.length) $("position").textContent = `${current + 1} / ${images.length}: cannot be rendered`;
+  });
   $("slider").addEventListener("input", (event) => show(Number(event.target.value) - 1));
   $("frame-box").addEventListener("wheel", (event) => {
     event.preventDefault();
