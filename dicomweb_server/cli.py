@@ -397,5 +397,62 @@ def install_viewer(
 
 # -- install-viewer (end) ---------------------------------------------------------------------
 
+# -- export (begin) ------------------------------------------------------------------------
+
+
+@main.command()
+@_option("--study", "study_uid", help="Study Instance UID to export.")
+@_option("--series", "series_uid", help="Only this series of --study.")
+@_option(
+    "--query",
+    help="Export every study matching a QIDO-RS style query, e.g. 'PatientID=X&StudyDate=2024'.",
+)
+@_option(
+    "--to",
+    "destination",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Destination folder, or a file ending in .zip (entries stored uncompressed).",
+)
+@data_dir_option
+@config_option
+def export(
+    study_uid: str | None,
+    series_uid: str | None,
+    query: str | None,
+    destination: Path,
+    config_file: Path | None,
+    data_dir: Path | None,
+) -> None:
+    """Copy stored instances out as received, with a manifest.json (UIDs, sizes, SHA-256,
+    transfer syntaxes), laid out as <PatientID>/<study>/<series>/<sop>.dcm.
+    """
+    if (study_uid is None) == (query is None):
+        raise click.UsageError("give either --study (with optional --series) or --query")
+    if series_uid is not None and study_uid is None:
+        raise click.UsageError("--series needs --study")
+    settings = build_settings(config_file, data_dir=data_dir)
+    logs.configure(settings.log)
+    from .archive import Archive, ArchiveError
+    from .export import count, select_query, select_study
+    from .export import export as run_export
+
+    archive = Archive(settings, upgrade=False)
+    try:
+        if study_uid is not None:
+            selection = select_study(archive, study_uid, series_uid)
+        else:
+            selection = select_query(archive, query or "")
+        with _with_progress(count(archive, selection), "export") as bar:
+            summary = run_export(archive, selection, destination, bar.update)
+    except ArchiveError as exc:
+        raise click.ClickException(str(exc)) from exc
+    finally:
+        archive.close()
+    click.echo(f"{summary.report()} to {destination}")
+
+
+# -- export (end) --------------------------------------------------------------------------
+
 if __name__ == "__main__":  # pragma: no cover
     main()
