@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from dicomweb_server import metrics
 from dicomweb_server.archive import ArchiveError
 
 from . import datasets, retrieval, status
@@ -46,12 +45,6 @@ def handle_get(event: Event, runtime: Runtime) -> Iterator[GetReply]:
         return
     yield len(instances)
     accepted = retrieval.accepted_syntaxes(event.assoc)
-    for instance in instances:
-        if event.is_cancelled:
-            yield status.CANCEL, None
-            return
-        yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
-        stats.sent += 1
-        metrics.instance_sent("DIMSE")
+    yield from retrieval.sub_operations(event, runtime.archive, instances, accepted, stats)
     # Exhausting the generator lets pynetdicom send the final status from its counts:
     # Success, Warning B000 when some sub-operations failed, A702 when all did.

@@ -18,7 +18,6 @@ from pynetdicom import evt
 from pynetdicom.association import Association
 from pynetdicom.events import Event
 
-from dicomweb_server import metrics
 from dicomweb_server.archive import ArchiveError
 
 from . import datasets, retrieval, status
@@ -75,12 +74,6 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
     # pynetdicom has now associated with the destination (it does so only when there
     # is something to send); its negotiated contexts decide each instance's encoding.
     accepted = retrieval.accepted_syntaxes(opened[-1]) if opened else {}
-    for instance in instances:
-        if event.is_cancelled:
-            yield status.CANCEL, None
-            return
-        yield status.PENDING, retrieval.load(runtime.archive, instance, accepted)
-        stats.sent += 1
-        metrics.instance_sent("DIMSE")
+    yield from retrieval.sub_operations(event, runtime.archive, instances, accepted, stats)
     # Exhausting the generator lets pynetdicom send the final status from its counts:
     # Success, Warning B000 when some sub-operations failed, A702 when all did.

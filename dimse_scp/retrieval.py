@@ -8,7 +8,7 @@ The twin of ``dicomweb_server/web/wado.py``: both resolve UIDs to the archive's
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 
 from pydicom.dataset import Dataset
 from pydicom.uid import (
@@ -17,9 +17,11 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 from pynetdicom.association import Association
+from pynetdicom.events import Event
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.sop_class import SecondaryCaptureImageStorage, Verification
 
+from dicomweb_server import metrics
 from dicomweb_server.archive import (
     Archive,
     InvalidQuery,
@@ -32,7 +34,8 @@ from dicomweb_server.archive import (
 from dicomweb_server.archive.attributes import json_key
 from dicomweb_server.archive.uids import clean_uid
 
-from . import datasets
+from . import datasets, status
+from .activity import AssociationStats
 
 log = logging.getLogger(__name__)
 
@@ -203,3 +206,21 @@ def load(archive: Archive, instance: StoredInstance, accepted: Mapping[str, set[
         failed.SOPClassUID = instance.sop_class_uid
         failed.SOPInstanceUID = instance.sop_uid
         return failed
+
+
+def sub_operations(
+    event: Event,
+    archive: Archive,
+    instances: Iterable[StoredInstance],
+    accepted: Mapping[str, set[str]],
+    stats: AssociationStats,
+) -> Iterator[tuple[int, Dataset | None]]:
+    """The C-STORE sub-operations of a C-GET or C-MOVE, as pynetdicom's handlers yield
+    them: Pending with each data set, or Cancel when the SCU sent C-CANCEL."""
+    for instance in instances:
+        if event.is_cancelled:
+            yield status.CANCEL, None
+            return
+        yield status.PENDING, load(archive, instance, accepted)
+        stats.sent += 1
+        metrics.instance_sent("DIMSE")
