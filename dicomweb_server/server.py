@@ -77,6 +77,9 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         "timeout": http.timeout,
         "graceful_timeout": http.timeout,
         "keepalive": 75,
+        # gunicorn's runtime control socket sits at one path per user: a second server
+        # (a `web` beside `serve`, a test) would take it over.  We manage no workers by it.
+        "control_socket_disable": True,
         "accesslog": None,
         "when_ready": when_ready,
         "child_exit": _child_exit,
