@@ -33,7 +33,7 @@ from dicomweb_server.archive.ingest import StoreStatus
 from dicomweb_server.config import Settings
 
 from .conftest import make_settings
-from .factory import make_instance, make_series, uid, write
+from .factory import make_instance, make_series, to_bytes, uid, write
 
 SECRET = "ingest-test-secret"
 _STRING_VRS = {
@@ -357,3 +357,30 @@ def test_every_native_transfer_syntax_keeps_its_pixels(archive: Archive, syntax:
     assert copy.file_meta.TransferSyntaxUID == syntax
     assert _pixel_bytes(copy) == _pixel_bytes(ds)
     assert copy.PatientID == Pseudonyms(SECRET).patient_id("PID001")
+
+
+def test_stow_source_route_selects_the_profile(archive: Archive, web: Any) -> None:
+    """``/sources/{name}/studies`` picks the profile as a calling AE title does."""
+    import requests
+
+    raw, default = make_instance(), make_instance()
+    boundary = "b0undary"
+
+    def post(path: str, ds: Dataset) -> requests.Response:
+        body = (
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + to_bytes(ds)
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
+        content_type = f'multipart/related; type="application/dicom"; boundary={boundary}'
+        return requests.post(
+            web.url + path, data=body, headers={"Content-Type": content_type}, timeout=30
+        )
+
+    assert post("/sources/RAW/studies", raw).status_code == 200  # mapped to no profile
+    assert _stored(archive, raw.StudyInstanceUID)[0].PatientID == "PID001"
+    answer = post("/studies", default)  # the default profile
+    assert answer.status_code == 202  # stored, with coercion warnings
+    with pytest.raises(NotFound):
+        archive.instances(default.StudyInstanceUID)
+    assert post("/sources/bad%20name/studies", raw).status_code == 400

@@ -37,6 +37,7 @@ DICOM service and dcm4chee-arc do (``404`` if nothing matches, ``400`` for a mal
 from __future__ import annotations
 
 import logging
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable
@@ -99,6 +100,9 @@ class Failure:
     http_status: int = 0
 
 
+#: A source name in ``/sources/{name}/studies``: a configuration key, never a path.
+_SOURCE = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
 #: Prepared instances indexed together in one transaction (see ``Archive.index``).
 BATCH = 32
 
@@ -149,7 +153,12 @@ def _archive() -> Archive:
 
 
 def _origin() -> Origin:
-    """Provenance of the instances of this request: peer address and user."""
+    """Provenance of the instances of this request: peer address, user and source name.
+
+    The source is the ``{name}`` of ``/sources/{name}/studies``: it selects the
+    de-identification profile (``[deid.sources]``) the way a calling AE title does for
+    C-STORE, so each contributing site can post to its own route.
+    """
     user = request.environ.get("REMOTE_USER") or ""
     if not user and request.authorization is not None:
         user = request.authorization.username or ""
@@ -157,6 +166,7 @@ def _origin() -> Origin:
         "STOW-RS",
         address=f"{request.remote_addr or ''}:{request.environ.get('REMOTE_PORT', '')}",
         user=user or request.user_agent.string,
+        source=(request.view_args or {}).get("source", ""),
     )
 
 
@@ -173,9 +183,13 @@ def _check_uid(value: str | None, name: str) -> None:
 
 @blueprint.post("/studies")
 @blueprint.post("/studies/<study>")
-def store(study: str | None = None) -> Response:
+@blueprint.post("/sources/<source>/studies")
+@blueprint.post("/sources/<source>/studies/<study>")
+def store(study: str | None = None, source: str = "") -> Response:
     """Store Instances (PS3.18 10.5.1); ``study`` restricts them to one study."""
     _check_uid(study, "StudyInstanceUID")
+    if source and not _SOURCE.fullmatch(source):
+        raise BadRequest(f"source name {source[:64]!r} must be 1-64 letters, digits, '-' or '_'")
     _check_content_length()
     media_type, options = parse_content_type(request.headers.get("Content-Type", ""))
     outcome = Outcome()
@@ -368,8 +382,11 @@ def _store_one(
     except Exception as exc:  # the safety net per instance: log, report, go on
         if errors.is_database_unavailable(exc):
             log.warning("STOW-RS: %s not stored, the index is unreachable: %s", label, exc)
-            outcome.fail(exc, f"{label}: the index database is unreachable; retry later",
-                         errors.FAILURE_REASON[OutOfResources])
+            outcome.fail(
+                exc,
+                f"{label}: the index database is unreachable; retry later",
+                errors.FAILURE_REASON[OutOfResources],
+            )
             return True
         log.exception("STOW-RS: storing %s failed unexpectedly", label)
         outcome.fail(
