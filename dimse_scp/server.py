@@ -33,7 +33,7 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, _config, evt
 from pynetdicom.events import Event
-from pynetdicom.presentation import AllStoragePresentationContexts
+from pynetdicom.presentation import AllStoragePresentationContexts, StoragePresentationContexts
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
@@ -56,8 +56,14 @@ log = logging.getLogger(__name__)
 PLAIN_TRANSFER_SYNTAXES: list[str] = [ExplicitVRLittleEndian, ImplicitVRLittleEndian]
 #: Lossless encodings an SCU would otherwise have to decode for us (PS3.5 A.4, A.6-A.7).
 _LOSSLESS: list[str] = [
-    RLELossless, JPEGLosslessSV1, JPEGLossless, JPEGLSLossless, JPEG2000Lossless,
-    JPEG2000MCLossless, HTJ2KLossless, HTJ2KLosslessRPCL,
+    RLELossless,
+    JPEGLosslessSV1,
+    JPEGLossless,
+    JPEGLSLossless,
+    JPEG2000Lossless,
+    JPEG2000MCLossless,
+    HTJ2KLossless,
+    HTJ2KLosslessRPCL,
 ]
 #: Transfer syntaxes accepted for storage, in our order of preference: pynetdicom gives
 #: a proposed context the first of *these* that the requestor listed (PS3.8 9.3.3.2
@@ -103,9 +109,14 @@ def build_ae(settings: DimseSettings) -> AE:
         ae.add_supported_context(sop_class_uid, PLAIN_TRANSFER_SYNTAXES)
     # As acceptor there is no 128-context limit; both roles are accepted so that a C-GET
     # requestor may take the SCP role for the storage classes it wants (PS3.7 D.3.3.4).
-    for context in AllStoragePresentationContexts:
+    # pynetdicom lists the retired storage classes (Ultrasound and Nuclear Medicine of
+    # 1993, standalone curves, VL trial...) only in StoragePresentationContexts; old
+    # archives migrating to us still hold such instances.
+    storage = {c.abstract_syntax: c for c in StoragePresentationContexts}
+    storage.update((c.abstract_syntax, c) for c in AllStoragePresentationContexts)
+    for abstract_syntax in storage:
         ae.add_supported_context(
-            context.abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
+            abstract_syntax, STORAGE_TRANSFER_SYNTAXES, scu_role=True, scp_role=True
         )
     return ae
 
@@ -253,15 +264,21 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
     # server list is where ThreadedAssociationServer.shutdown expects to find it.
     ae._servers.append(server)
     thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": POLL_INTERVAL},
-        name=f"dimse-{dimse.aet}", daemon=True,
+        target=server.serve_forever,
+        kwargs={"poll_interval": POLL_INTERVAL},
+        name=f"dimse-{dimse.aet}",
+        daemon=True,
     )
     thread.start()
     handle = ServerHandle(server, ae, runtime, thread)
     log.info(
         "DIMSE listening",
-        extra={"aet": dimse.aet, "host": dimse.host, "port": handle.port,
-               "tls": dimse.tls_cert is not None},
+        extra={
+            "aet": dimse.aet,
+            "host": dimse.host,
+            "port": handle.port,
+            "tls": dimse.tls_cert is not None,
+        },
     )
     return handle
 

@@ -108,8 +108,13 @@ def test_association_log_line(
 
 @pytest.mark.parametrize(
     "transfer_syntax",
-    [ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless, JPEGLSLossless,
-     DeflatedExplicitVRLittleEndian],
+    [
+        ExplicitVRLittleEndian,
+        ImplicitVRLittleEndian,
+        RLELossless,
+        JPEGLSLossless,
+        DeflatedExplicitVRLittleEndian,
+    ],
 )
 def test_store_keeps_the_sent_dataset(
     dimse_server: dimse_scp.ServerHandle, archive: Archive, transfer_syntax: str
@@ -147,8 +152,9 @@ def test_store_records_origin(dimse_server: dimse_scp.ServerHandle, archive: Arc
 
     with archive.reader() as session:
         row = session.execute(
-            select(Instance.origin_protocol, Instance.origin_ae, Instance.origin_address)
-            .where(Instance.sop_uid == ds.SOPInstanceUID)
+            select(Instance.origin_protocol, Instance.origin_ae, Instance.origin_address).where(
+                Instance.sop_uid == ds.SOPInstanceUID
+            )
         ).one()
     assert row.origin_protocol == "DIMSE" and row.origin_ae == "ORIGIN_AE"
     assert row.origin_address.startswith("127.0.0.1:")
@@ -303,9 +309,7 @@ def _self_signed(folder: Path, name: str) -> tuple[Path, Path]:
     return cert_path, key_path
 
 
-def test_tls_with_client_certificates(
-    tmp_path: Path, settings: Settings, archive: Archive
-) -> None:
+def test_tls_with_client_certificates(tmp_path: Path, settings: Settings, archive: Archive) -> None:
     server_cert, server_key = _self_signed(tmp_path, "server")
     client_cert, client_key = _self_signed(tmp_path, "client")
     tls = with_dimse(settings, tls_cert=server_cert, tls_key=server_key, tls_ca=client_cert)
@@ -342,15 +346,30 @@ class Archive3:
     def __init__(self, port: int) -> None:
         self.a_study = make_instance().StudyInstanceUID
         self.b_study = make_instance().StudyInstanceUID
-        self.a_series1 = make_series(2, study_uid=self.a_study, PatientName="Müller^Jürgen",
-                                     PatientID="PIDA", SpecificCharacterSet="ISO_IR 192")
-        self.a_series2 = [make_instance(
-            study_uid=self.a_study, PatientName="Müller^Jürgen", PatientID="PIDA",
-            SpecificCharacterSet="ISO_IR 192", SeriesNumber=2, rows=64, columns=64,
-            transfer_syntax=JPEG2000Lossless,
-        )]
-        self.b_series = [make_instance(study_uid=self.b_study, PatientID="PIDB",
-                                       StudyDate="20230301", Modality="MR")]
+        self.a_series1 = make_series(
+            2,
+            study_uid=self.a_study,
+            PatientName="Müller^Jürgen",
+            PatientID="PIDA",
+            SpecificCharacterSet="ISO_IR 192",
+        )
+        self.a_series2 = [
+            make_instance(
+                study_uid=self.a_study,
+                PatientName="Müller^Jürgen",
+                PatientID="PIDA",
+                SpecificCharacterSet="ISO_IR 192",
+                SeriesNumber=2,
+                rows=64,
+                columns=64,
+                transfer_syntax=JPEG2000Lossless,
+            )
+        ]
+        self.b_series = [
+            make_instance(
+                study_uid=self.b_study, PatientID="PIDB", StudyDate="20230301", Modality="MR"
+            )
+        ]
         self.all = self.a_series1 + self.a_series2 + self.b_series
         statuses = _store(port, self.all)
         assert [s.Status for s in statuses] == [0] * 4
@@ -386,8 +405,14 @@ def _find(port: int, model: str, identifier: Dataset) -> tuple[list[int], list[D
 def test_find_study_root_study_level_wildcard_utf8(
     dimse_server: dimse_scp.ServerHandle, stored: Archive3
 ) -> None:
-    query = _identifier("STUDY", SpecificCharacterSet="ISO_IR 192", PatientName="Mü*",
-                        StudyInstanceUID="", StudyDate="", PatientID="")
+    query = _identifier(
+        "STUDY",
+        SpecificCharacterSet="ISO_IR 192",
+        PatientName="Mü*",
+        StudyInstanceUID="",
+        StudyDate="",
+        PatientID="",
+    )
     statuses, found = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind, query)
     assert statuses == [0xFF00, 0x0000]
     (match,) = found
@@ -398,8 +423,12 @@ def test_find_study_root_study_level_wildcard_utf8(
     assert match.QueryRetrieveLevel == "STUDY"
     # exactly the requested keys
     assert {e.keyword for e in match} == {
-        "SpecificCharacterSet", "QueryRetrieveLevel", "PatientName", "StudyInstanceUID",
-        "StudyDate", "PatientID",
+        "SpecificCharacterSet",
+        "QueryRetrieveLevel",
+        "PatientName",
+        "StudyInstanceUID",
+        "StudyDate",
+        "PatientID",
     }
 
 
@@ -407,14 +436,19 @@ def test_find_study_level_date_range_and_uid_list(
     dimse_server: dimse_scp.ServerHandle, stored: Archive3
 ) -> None:
     model = StudyRootQueryRetrieveInformationModelFind
-    _, found = _find(dimse_server.port, model,
-                     _identifier("STUDY", StudyDate="20240101-20241231", StudyInstanceUID=""))
+    _, found = _find(
+        dimse_server.port,
+        model,
+        _identifier("STUDY", StudyDate="20240101-20241231", StudyInstanceUID=""),
+    )
     assert [m.StudyInstanceUID for m in found] == [stored.a_study]
-    _, found = _find(dimse_server.port, model,
-                     _identifier("STUDY", StudyDate="-20231231", StudyInstanceUID=""))
+    _, found = _find(
+        dimse_server.port, model, _identifier("STUDY", StudyDate="-20231231", StudyInstanceUID="")
+    )
     assert [m.StudyInstanceUID for m in found] == [stored.b_study]
-    uid_list = _identifier("STUDY", StudyInstanceUID=[stored.a_study, stored.b_study],
-                           ModalitiesInStudy="")
+    uid_list = _identifier(
+        "STUDY", StudyInstanceUID=[stored.a_study, stored.b_study], ModalitiesInStudy=""
+    )
     _, found = _find(dimse_server.port, model, uid_list)
     assert sorted(m.StudyInstanceUID for m in found) == sorted([stored.a_study, stored.b_study])
 
@@ -423,8 +457,13 @@ def test_find_series_and_image_levels(
     dimse_server: dimse_scp.ServerHandle, stored: Archive3
 ) -> None:
     model = StudyRootQueryRetrieveInformationModelFind
-    series = _identifier("SERIES", StudyInstanceUID=stored.a_study, SeriesInstanceUID="",
-                         Modality="", SeriesNumber="")
+    series = _identifier(
+        "SERIES",
+        StudyInstanceUID=stored.a_study,
+        SeriesInstanceUID="",
+        Modality="",
+        SeriesNumber="",
+    )
     statuses, found = _find(dimse_server.port, model, series)
     assert statuses[-1] == 0x0000
     assert sorted(m.SeriesInstanceUID for m in found) == sorted(
@@ -432,14 +471,18 @@ def test_find_series_and_image_levels(
     )
     assert all(m.StudyInstanceUID == stored.a_study and m.Modality == "CT" for m in found)
     first = stored.a_series1[0]
-    images = _identifier("IMAGE", StudyInstanceUID=stored.a_study,
-                         SeriesInstanceUID=first.SeriesInstanceUID, SOPInstanceUID="",
-                         InstanceNumber="", SOPClassUID="", RetrieveAETitle="",
-                         InstanceAvailability="")
+    images = _identifier(
+        "IMAGE",
+        StudyInstanceUID=stored.a_study,
+        SeriesInstanceUID=first.SeriesInstanceUID,
+        SOPInstanceUID="",
+        InstanceNumber="",
+        SOPClassUID="",
+        RetrieveAETitle="",
+        InstanceAvailability="",
+    )
     _, found = _find(dimse_server.port, model, images)
-    assert {(m.RetrieveAETitle, m.InstanceAvailability) for m in found} == {
-        ("DICOMWEB", "ONLINE")
-    }
+    assert {(m.RetrieveAETitle, m.InstanceAvailability) for m in found} == {("DICOMWEB", "ONLINE")}
     assert sorted(m.SOPInstanceUID for m in found) == sorted(
         ds.SOPInstanceUID for ds in stored.a_series1
     )
@@ -450,29 +493,53 @@ def test_find_patient_root_all_levels(
     dimse_server: dimse_scp.ServerHandle, stored: Archive3
 ) -> None:
     model = PatientRootQueryRetrieveInformationModelFind
-    _, patients = _find(dimse_server.port, model,
-                        _identifier("PATIENT", PatientID="PID*", PatientName=""))
+    _, patients = _find(
+        dimse_server.port, model, _identifier("PATIENT", PatientID="PID*", PatientName="")
+    )
     assert sorted(p.PatientID for p in patients) == ["PIDA", "PIDB"]
-    _, studies = _find(dimse_server.port, model,
-                       _identifier("STUDY", PatientID="PIDB", StudyInstanceUID=""))
+    _, studies = _find(
+        dimse_server.port, model, _identifier("STUDY", PatientID="PIDB", StudyInstanceUID="")
+    )
     assert [s.StudyInstanceUID for s in studies] == [stored.b_study]
-    _, series = _find(dimse_server.port, model, _identifier(
-        "SERIES", PatientID="PIDB", StudyInstanceUID=stored.b_study, SeriesInstanceUID="",
-        Modality=""))
+    _, series = _find(
+        dimse_server.port,
+        model,
+        _identifier(
+            "SERIES",
+            PatientID="PIDB",
+            StudyInstanceUID=stored.b_study,
+            SeriesInstanceUID="",
+            Modality="",
+        ),
+    )
     assert [s.Modality for s in series] == ["MR"]
-    _, images = _find(dimse_server.port, model, _identifier(
-        "IMAGE", PatientID="PIDA", StudyInstanceUID=stored.a_study,
-        SeriesInstanceUID=stored.a_series2[0].SeriesInstanceUID, SOPInstanceUID=""))
+    _, images = _find(
+        dimse_server.port,
+        model,
+        _identifier(
+            "IMAGE",
+            PatientID="PIDA",
+            StudyInstanceUID=stored.a_study,
+            SeriesInstanceUID=stored.a_series2[0].SeriesInstanceUID,
+            SOPInstanceUID="",
+        ),
+    )
     assert [i.SOPInstanceUID for i in images] == [stored.a_series2[0].SOPInstanceUID]
 
 
 def test_find_invalid_identifier(dimse_server: dimse_scp.ServerHandle, stored: Archive3) -> None:
     # PS3.4 C.6.2.1: Study Root has no PATIENT level.
-    statuses, _ = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind,
-                        _identifier("PATIENT", PatientID=""))
+    statuses, _ = _find(
+        dimse_server.port,
+        StudyRootQueryRetrieveInformationModelFind,
+        _identifier("PATIENT", PatientID=""),
+    )
     assert statuses == [0xA900]
-    statuses, _ = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind,
-                        _identifier("STUDY", StudyDate="2024-garbage", StudyInstanceUID=""))
+    statuses, _ = _find(
+        dimse_server.port,
+        StudyRootQueryRetrieveInformationModelFind,
+        _identifier("STUDY", StudyDate="2024-garbage", StudyInstanceUID=""),
+    )
     assert statuses == [0xA900]
 
 
@@ -517,12 +584,16 @@ def test_move_study_as_stored(
     def check_outgoing_socket(_event: evt.Event) -> None:
         for assoc in mover.ae.active_associations:
             if assoc.is_requestor:
-                nodelay.append(assoc.dul.socket.socket.getsockopt(
-                    socket.IPPROTO_TCP, socket.TCP_NODELAY))
+                nodelay.append(
+                    assoc.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+                )
 
     destination.on_store.append(check_outgoing_socket)
-    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
-                     _identifier("STUDY", StudyInstanceUID=study.a_study))
+    statuses = _move(
+        mover.port,
+        StudyRootQueryRetrieveInformationModelMove,
+        _identifier("STUDY", StudyInstanceUID=study.a_study),
+    )
     final = statuses[-1]
     assert [s.Status for s in statuses] == [0xFF00] * 3 + [0x0000]
     assert final.NumberOfCompletedSuboperations == 3
@@ -541,15 +612,22 @@ def test_move_relational_and_patient_levels(
     study = Archive3(mover.port)
     # Only a SOP Instance UID: the archive finds its study and series.
     one = study.a_series1[1]
-    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
-                     _identifier("IMAGE", SOPInstanceUID=one.SOPInstanceUID))
+    statuses = _move(
+        mover.port,
+        StudyRootQueryRetrieveInformationModelMove,
+        _identifier("IMAGE", SOPInstanceUID=one.SOPInstanceUID),
+    )
     assert statuses[-1].Status == 0x0000
     assert statuses[-1].NumberOfCompletedSuboperations == 1
-    statuses = _move(mover.port, PatientRootQueryRetrieveInformationModelMove,
-                     _identifier("PATIENT", PatientID="PIDB"))
+    statuses = _move(
+        mover.port,
+        PatientRootQueryRetrieveInformationModelMove,
+        _identifier("PATIENT", PatientID="PIDB"),
+    )
     assert statuses[-1].Status == 0x0000
     assert [ds.SOPInstanceUID for ds in destination.received.datasets] == [
-        one.SOPInstanceUID, study.b_series[0].SOPInstanceUID
+        one.SOPInstanceUID,
+        study.b_series[0].SOPInstanceUID,
     ]
 
 
@@ -564,9 +642,12 @@ def test_move_converts_for_an_uncompressed_only_destination(
         native = make_instance(transfer_syntax=ImplicitVRLittleEndian)
         _store(handle.port, [j2k, native])
         for ds in (j2k, native):
-            statuses = _move(handle.port, StudyRootQueryRetrieveInformationModelMove,
-                             _identifier("STUDY", StudyInstanceUID=ds.StudyInstanceUID),
-                             "PLAIN")
+            statuses = _move(
+                handle.port,
+                StudyRootQueryRetrieveInformationModelMove,
+                _identifier("STUDY", StudyInstanceUID=ds.StudyInstanceUID),
+                "PLAIN",
+            )
             assert statuses[-1].Status == 0x0000
         got_j2k, got_native = plain.received.datasets
         assert plain.received.syntaxes == [ExplicitVRLittleEndian] * 2
@@ -581,21 +662,31 @@ def test_move_converts_for_an_uncompressed_only_destination(
 def test_move_unknown_destination(mover: dimse_scp.ServerHandle, archive: Archive) -> None:
     ds = make_instance()
     _store(mover.port, [ds])
-    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
-                     _identifier("STUDY", StudyInstanceUID=ds.StudyInstanceUID), "NOWHERE")
+    statuses = _move(
+        mover.port,
+        StudyRootQueryRetrieveInformationModelMove,
+        _identifier("STUDY", StudyInstanceUID=ds.StudyInstanceUID),
+        "NOWHERE",
+    )
     assert [s.Status for s in statuses] == [0xA801]  # PS3.4 C.4.2.1.5
 
 
 def test_move_nothing_matches_is_success(mover: dimse_scp.ServerHandle) -> None:
-    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
-                     _identifier("STUDY", StudyInstanceUID="1.2.3.4.5.6"))
+    statuses = _move(
+        mover.port,
+        StudyRootQueryRetrieveInformationModelMove,
+        _identifier("STUDY", StudyInstanceUID="1.2.3.4.5.6"),
+    )
     assert [s.Status for s in statuses] == [0x0000]
     assert statuses[0].NumberOfCompletedSuboperations == 0
 
 
 def test_move_bad_identifier(mover: dimse_scp.ServerHandle) -> None:
-    statuses = _move(mover.port, StudyRootQueryRetrieveInformationModelMove,
-                     _identifier("STUDY", StudyInstanceUID="not-a-uid"))
+    statuses = _move(
+        mover.port,
+        StudyRootQueryRetrieveInformationModelMove,
+        _identifier("STUDY", StudyInstanceUID="not-a-uid"),
+    )
     assert statuses[-1].Status == 0xA900
     assert "StudyInstanceUID" in statuses[-1].ErrorComment
 
@@ -612,8 +703,9 @@ def _get(
         received.append(ds)
         return 0x0000
 
-    assoc = associate(port, QR_CLASSES, storage_roles=roles,
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = associate(
+        port, QR_CLASSES, storage_roles=roles, evt_handlers=[(evt.EVT_C_STORE, on_store)]
+    )
     assert assoc.is_established
     try:
         responses = list(assoc.send_c_get(identifier, model))
@@ -625,8 +717,10 @@ def _get(
 def test_get_series(dimse_server: dimse_scp.ServerHandle, stored: Archive3) -> None:
     roles = [(CTImageStorage, [JPEG2000Lossless, ExplicitVRLittleEndian])]
     statuses, received, _ = _get(
-        dimse_server.port, PatientRootQueryRetrieveInformationModelGet,
-        _identifier("STUDY", PatientID="PIDA", StudyInstanceUID=stored.a_study), roles,
+        dimse_server.port,
+        PatientRootQueryRetrieveInformationModelGet,
+        _identifier("STUDY", PatientID="PIDA", StudyInstanceUID=stored.a_study),
+        roles,
     )
     assert [s.Status for s in statuses] == [0xFF00] * 3 + [0x0000]
     assert statuses[-1].NumberOfCompletedSuboperations == 3
@@ -642,9 +736,13 @@ def test_get_without_storage_role_reports_failures(
     from pynetdicom.sop_class import MRImageStorage
 
     statuses, received, final_identifier = _get(
-        dimse_server.port, StudyRootQueryRetrieveInformationModelGet,
-        _identifier("SERIES", StudyInstanceUID=stored.b_study,
-                    SeriesInstanceUID=stored.b_series[0].SeriesInstanceUID),
+        dimse_server.port,
+        StudyRootQueryRetrieveInformationModelGet,
+        _identifier(
+            "SERIES",
+            StudyInstanceUID=stored.b_study,
+            SeriesInstanceUID=stored.b_series[0].SeriesInstanceUID,
+        ),
         [(MRImageStorage, [ExplicitVRLittleEndian])],  # a CT is stored: no context for it
     )
     final = statuses[-1]
@@ -666,9 +764,20 @@ def test_dimse_command_serves_until_sigterm(tmp_path: Path) -> None:
 
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomweb_server", "dimse", "--dimse-port", "0",
-         "--data-dir", str(tmp_path / "data")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        [
+            sys.executable,
+            "-m",
+            "dicomweb_server",
+            "dimse",
+            "--dimse-port",
+            "0",
+            "--data-dir",
+            str(tmp_path / "data"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         line = process.stdout.readline()  # "DIMSE DICOMWEB listening on 127.0.0.1:PORT"
@@ -705,8 +814,10 @@ def test_two_listeners_on_one_index(settings: Settings) -> None:
             except BaseException as exc:  # reported below, from the test thread
                 errors.append(exc)
 
-        threads = [threading.Thread(target=send, args=(h.port, b))
-                   for h, b in zip(handles, batches, strict=True)]
+        threads = [
+            threading.Thread(target=send, args=(h.port, b))
+            for h, b in zip(handles, batches, strict=True)
+        ]
         for thread in threads:
             thread.start()
         for thread in threads:
@@ -734,5 +845,31 @@ def test_pynetdicom_default_proposal_is_accepted_uncompressed(
     try:
         [context] = assoc.accepted_contexts
         assert context.transfer_syntax[0] == "1.2.840.10008.1.2.1"
+    finally:
+        assoc.release()
+
+
+def test_association_with_128_presentation_contexts(dimse_server: dimse_scp.ServerHandle) -> None:
+    """A PACS sending a mixed study proposes up to 128 contexts (PS3.8 9.3.2.2: odd IDs
+    1-255); every storage one must be accepted."""
+    from pynetdicom import AE, AllStoragePresentationContexts, StoragePresentationContexts
+
+    # The retired classes pynetdicom lists only in StoragePresentationContexts, then
+    # current ones, 128 distinct abstract syntaxes in all.
+    syntaxes = list(
+        dict.fromkeys(
+            c.abstract_syntax
+            for c in [*StoragePresentationContexts, *AllStoragePresentationContexts]
+        )
+    )[:128]
+    assert len(syntaxes) == 128
+    ae = AE(ae_title="BIGPACS")
+    for syntax in syntaxes:
+        ae.add_requested_context(syntax)
+    assoc = ae.associate("127.0.0.1", dimse_server.port, ae_title="DICOMWEB")
+    try:
+        assert assoc.is_established
+        assert len(assoc.accepted_contexts) == 128
+        assert not assoc.rejected_contexts
     finally:
         assoc.release()
