@@ -58,7 +58,7 @@ def served(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen]]:
 def test_serve_runs_dicomweb_and_dimse_on_one_index(served) -> None:
     from dicomweb_client.api import DICOMwebClient
 
-    url, dimse_port, process = served
+    url, dimse_port, _process = served
     series = make_series(3)
     DICOMwebClient(url=url).store_instances(series)
 
@@ -73,11 +73,8 @@ def test_serve_runs_dicomweb_and_dimse_on_one_index(served) -> None:
         query.QueryRetrieveLevel = "STUDY"
         query.StudyInstanceUID = series[0].StudyInstanceUID
         query.NumberOfStudyRelatedInstances = ""
-        answers = [
-            identifier
-            for status, identifier in assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
-            if status and status.Status == 0xFF00
-        ]
+        responses = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
+        answers = [i for status, i in responses if status and status.Status == 0xFF00]
     finally:
         assoc.release()
     assert [int(a.NumberOfStudyRelatedInstances) for a in answers] == [3]
