@@ -207,9 +207,14 @@ def test_unreadable_or_unsupported_files_are_refused(archive: Archive, settings:
     with pytest.raises(InvalidInstance, match="Part 10"):
         archive.store(io.BytesIO(b"not dicom at all" * 100), ORIGIN)
     ds = make_instance()
-    bare = to_bytes(ds)[128 + 4 :]  # no preamble: what a careless client might send
-    with pytest.raises(InvalidInstance):
-        archive.store(io.BytesIO(bare), ORIGIN)
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    bare = DicomBytesIO()  # a data set alone, no File Meta, as some old tools store it
+    bare.is_little_endian, bare.is_implicit_VR = True, True
+    write_dataset(bare, ds)
+    with pytest.raises(InvalidInstance, match="File Meta"):
+        archive.store(io.BytesIO(bare.getvalue()), ORIGIN)
     # A private transfer syntax of the same length, patched into the File Meta.
     private = to_bytes(ds).replace(b"1.2.840.10008.1.2.1\0", b"1.2.3.4.5.6.7.8.9.10", 1)
     with pytest.raises(UnsupportedTransferSyntax, match=re.escape("1.2.3.4.5.6.7.8.9.10")):
@@ -250,3 +255,13 @@ def test_aggregates_follow_inserts_and_deletes(archive: Archive, settings: Setti
     assert archive.delete(study) == 2
     assert _rows(archive, Patient) == []
     _assert_nothing_stored(archive, settings)
+
+
+def test_missing_preamble_is_supplied(archive: Archive) -> None:
+    """File Meta without the 128-byte preamble and "DICM" (pydicom writes such files
+    when a data set has no preamble; so do some older tools): stored as Part 10."""
+    ds = make_instance()
+    without = to_bytes(ds)[128 + 4 :]
+    assert archive.store(io.BytesIO(without), ORIGIN).status is StoreStatus.STORED
+    [stored] = archive.instances(ds.StudyInstanceUID)
+    assert archive.path(stored).read_bytes() == bytes(128) + b"DICM" + without

@@ -37,6 +37,7 @@ from .attributes import Level, name_key, name_words, normalise_time, parse_date,
 from .errors import ArchiveError, DuplicateInstance, OutOfResources, StudyMismatch
 from .index import Instance, Patient, Series, Study
 from .parse import ParsedInstance, parse_instance
+from .part10 import Part10Stream
 from .storage import Received, Storage, instance_key
 
 if TYPE_CHECKING:
@@ -134,9 +135,11 @@ class Ingest:
         """
         if isinstance(source, Path):
             with open(source, "rb") as stream:
-                received = self.storage.receive(stream, self.settings.max_instance_size)
+                received = self.storage.receive(
+                    Part10Stream(stream), self.settings.max_instance_size
+                )
         else:
-            received = self.storage.receive(source, self.settings.max_instance_size)
+            received = self.storage.receive(Part10Stream(source), self.settings.max_instance_size)
         parsed = None
         try:
             parsed = parse_instance(received.path, self.settings.bulk_data_threshold)

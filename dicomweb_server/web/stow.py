@@ -312,49 +312,12 @@ def _store_part(part: Part, study: str | None, outcome: Outcome) -> bool:
     return _store_one(part.stream, study, outcome, f"part {part.index + 1}")
 
 
-class Part10Stream:
-    """``stream`` as a Part 10 file: the preamble and "DICM" prefix added when missing.
-
-    pydicom's ``dcmwrite`` of a data set without a ``preamble`` (as dicomweb-client's
-    ``store_instances`` sends it) writes the File Meta Information group without the
-    128-byte preamble and prefix of PS3.10 7.1.  When the body starts with a group 0002
-    element, the missing 132 bytes are supplied, so the archive stores a conformant
-    file; anything else passes through unchanged, and a data set without File Meta
-    Information is still refused by the archive.
-    """
-
-    def __init__(self, stream: Readable) -> None:
-        self._stream = stream
-        head = b""
-        while len(head) < 132:
-            chunk = stream.read(132 - len(head))
-            if not chunk:
-                break
-            head += chunk
-        if head[128:132] != b"DICM" and head[:2] == b"\x02\x00" and head[4:6].isalpha():
-            head = bytes(128) + b"DICM" + head
-        self._head = head
-
-    def read(self, size: int = -1, /) -> bytes:
-        if self._head:
-            if size is None or size < 0 or size >= len(self._head):
-                data, self._head = self._head, b""
-                return data
-            data, self._head = self._head[:size], self._head[size:]
-            return data
-        return self._stream.read(size)
-
-    def readable(self) -> bool:
-        return True
-
-
 def _store_one(
     stream: Readable, study: str | None, outcome: Outcome, label: str = "the body"
 ) -> bool:
     """Store one instance read from ``stream``; ``False`` when the body broke off."""
     try:
-        source = Part10Stream(stream)
-        ready = _archive().prepare(source, _origin(), expected_study_uid=study)  # type: ignore[arg-type]
+        ready = _archive().prepare(stream, _origin(), expected_study_uid=study)  # type: ignore[arg-type]
         if isinstance(ready, StoreResult):
             outcome.stored.append(ready)
         else:
