@@ -308,7 +308,7 @@ class PartReader:
 
         Raises :class:`TruncatedBody` when the body ends before the part's delimiter.
         """
-        if self._ended:
+        if self._ended or size == 0:  # read(0) is b"" for every file object
             return b""
         if size is None or size < 0:
             size = self._reader._chunk_size
