@@ -132,3 +132,33 @@ def dicomweb(web: WebServer):  # type: ignore[no-untyped-def]
     from dicomweb_client.api import DICOMwebClient
 
     return DICOMwebClient(url=web.url)
+
+
+# -- DIMSE ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dimse_server(settings: Settings, archive: Archive):  # type: ignore[no-untyped-def]
+    """Our DIMSE listener on a free port (``.port``), over the test's archive."""
+    from tests.dimse_fixtures import running_server
+
+    yield from running_server(settings, archive)
+
+
+@pytest.fixture
+def destination():  # type: ignore[no-untyped-def]
+    """A Storage SCP started by the test, AE title ``DEST``: a C-MOVE destination."""
+    from tests.dimse_fixtures import StorageSCP
+
+    scp = StorageSCP("DEST")
+    yield scp
+    scp.shutdown()
+
+
+@pytest.fixture
+def mover(settings: Settings, archive: Archive, destination):  # type: ignore[no-untyped-def]
+    """Our DIMSE listener, knowing the test's Storage SCP as C-MOVE destination ``DEST``."""
+    from tests.dimse_fixtures import running_server, with_dimse
+
+    remote = {"DEST": {"host": "127.0.0.1", "port": destination.port}}
+    yield from running_server(with_dimse(settings, remote_aes=remote), archive)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
-import pytest
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless
 from pynetdicom import evt
@@ -16,15 +13,9 @@ from pynetdicom.sop_class import (
 
 import dimse_scp
 from dicomweb_server.archive import Archive, Level, Query
-from dicomweb_server.config import Settings
 
-from .dimse_fixtures import QR_CLASSES, associate, require_search, running_server
+from .dimse_fixtures import QR_CLASSES, associate, require_search
 from .factory import make_instance, make_series
-
-
-@pytest.fixture
-def dimse_server(settings: Settings, archive: Archive) -> Iterator[dimse_scp.ServerHandle]:
-    yield from running_server(settings, archive)
 
 
 def _c_store(port: int, datasets: list[Dataset]) -> None:
@@ -37,24 +28,37 @@ def _c_store(port: int, datasets: list[Dataset]) -> None:
 
 
 def test_c_store_then_search_and_wado(
-    dimse_server: dimse_scp.ServerHandle, archive: Archive, web, dicomweb  # type: ignore[no-untyped-def]
+    dimse_server: dimse_scp.ServerHandle,
+    archive: Archive,
+    web,
+    dicomweb,  # type: ignore[no-untyped-def]
 ) -> None:
     require_search(archive)
     series = make_series(2, PatientName="Cross^Dimse")
-    series.append(make_instance(study_uid=series[0].StudyInstanceUID,
-                                series_uid=series[0].SeriesInstanceUID, InstanceNumber=3,
-                                rows=64, columns=64, transfer_syntax=JPEG2000Lossless,
-                                PatientName="Cross^Dimse"))
+    series.append(
+        make_instance(
+            study_uid=series[0].StudyInstanceUID,
+            series_uid=series[0].SeriesInstanceUID,
+            InstanceNumber=3,
+            rows=64,
+            columns=64,
+            transfer_syntax=JPEG2000Lossless,
+            PatientName="Cross^Dimse",
+        )
+    )
     _c_store(dimse_server.port, series)
     study_uid = series[0].StudyInstanceUID
-    (study,) = archive.search(Query(Level.STUDY, filters={"PatientName": "Cross*"},
-                                    return_keys=["StudyInstanceUID"]))
+    (study,) = archive.search(
+        Query(Level.STUDY, filters={"PatientName": "Cross*"}, return_keys=["StudyInstanceUID"])
+    )
     assert study["0020000D"]["Value"] == [study_uid]
     found = dicomweb.search_for_instances(study_instance_uid=study_uid)
     assert len(found) == 3
     for ds in series:
         retrieved = dicomweb.retrieve_instance(
-            study_uid, ds.SeriesInstanceUID, ds.SOPInstanceUID,
+            study_uid,
+            ds.SeriesInstanceUID,
+            ds.SOPInstanceUID,
             media_types=(("application/dicom", "*"),),
         )
         assert retrieved.file_meta.TransferSyntaxUID == ds.file_meta.TransferSyntaxUID
@@ -63,7 +67,10 @@ def test_c_store_then_search_and_wado(
 
 
 def test_stow_then_c_find_and_c_get(
-    dimse_server: dimse_scp.ServerHandle, archive: Archive, web, dicomweb  # type: ignore[no-untyped-def]
+    dimse_server: dimse_scp.ServerHandle,
+    archive: Archive,
+    web,
+    dicomweb,  # type: ignore[no-untyped-def]
 ) -> None:
     require_search(archive)
     series = make_series(2, PatientName="Cross^Stow", PatientID="STOW1")
@@ -95,9 +102,12 @@ def test_stow_then_c_find_and_c_get(
     retrieve = Dataset()
     retrieve.QueryRetrieveLevel = "STUDY"
     retrieve.StudyInstanceUID = study_uid
-    assoc = associate(dimse_server.port, QR_CLASSES,
-                      storage_roles=[(CTImageStorage, [ExplicitVRLittleEndian])],
-                      evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    assoc = associate(
+        dimse_server.port,
+        QR_CLASSES,
+        storage_roles=[(CTImageStorage, [ExplicitVRLittleEndian])],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
     try:
         responses = assoc.send_c_get(retrieve, StudyRootQueryRetrieveInformationModelGet)
         statuses = [s.Status for s, _ in responses]

@@ -8,7 +8,6 @@ import logging
 import socket
 import ssl
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +43,9 @@ from .dimse_fixtures import (
     StorageSCP,
     associate,
     require_search,
-    running_server,
     with_dimse,
 )
 from .factory import make_instance, make_series
-
-
-@pytest.fixture
-def dimse_server(settings: Settings, archive: Archive) -> Iterator[dimse_scp.ServerHandle]:
-    yield from running_server(settings, archive)
 
 
 def _store(port: int, datasets: list[Dataset], **kwargs: object) -> list[Dataset]:
@@ -541,22 +534,6 @@ def test_find_invalid_identifier(dimse_server: dimse_scp.ServerHandle, stored: A
         _identifier("STUDY", StudyDate="2024-garbage", StudyInstanceUID=""),
     )
     assert statuses == [0xA900]
-
-
-@pytest.fixture
-def destination() -> Iterator[StorageSCP]:
-    scp = StorageSCP("DEST")
-    yield scp
-    scp.shutdown()
-
-
-@pytest.fixture
-def mover(
-    settings: Settings, archive: Archive, destination: StorageSCP
-) -> Iterator[dimse_scp.ServerHandle]:
-    """Our listener, knowing the test's Storage SCP as C-MOVE destination ``DEST``."""
-    remote = {"DEST": {"host": "127.0.0.1", "port": destination.port}}
-    yield from running_server(with_dimse(settings, remote_aes=remote), archive)
 
 
 def _move(port: int, model: str, identifier: Dataset, dest: str = "DEST") -> list[Dataset]:
