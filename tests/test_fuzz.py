@@ -97,3 +97,22 @@ def test_mutated_instances_are_stored_exactly_or_refused(tmp_path: Path) -> None
         assert target.stored > 0, "no mutation was accepted: the target tests nothing"
     finally:
         archive.close()
+
+
+def test_unknown_vr_in_file_meta_is_refused_as_invalid(tmp_path: Path) -> None:
+    """Found by scripts/fuzz.py: pydicom decodes lazily, so a corrupt VR in the File Meta
+    Information raised NotImplementedError out of ingest instead of InvalidInstance."""
+    import io
+
+    from dicomweb_server.archive import InvalidInstance, Origin
+
+    base = fuzz.base_instance()
+    at = base.find(b"\x02\x00\x03\x00UI")
+    data = base[: at + 4] + b"TI" + base[at + 6 :]
+    archive = Archive(fuzz.fuzz_settings(tmp_path / "v"))
+    try:
+        with pytest.raises(InvalidInstance, match="Unknown Value Representation"):
+            archive.store(io.BytesIO(data), Origin("TEST"))
+        assert list((tmp_path / "v" / ".tmp").iterdir()) == []
+    finally:
+        archive.close()

@@ -20,7 +20,7 @@ from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 
 from . import dicomjson
 from .attributes import LEVEL_KEYS, Level, parse_int
-from .errors import InvalidInstance, UnsupportedTransferSyntax
+from .errors import ArchiveError, InvalidInstance, UnsupportedTransferSyntax
 from .frames import PixelLayout, scan_pixel_data
 from .uids import clean_uid
 
@@ -66,6 +66,18 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
     Raises :class:`InvalidInstance` (or :class:`UnsupportedTransferSyntax`) with a message
     fit for a PS3.18 failure body or a DIMSE Error Comment.
     """
+    try:
+        return _parse_instance(path, bulk_threshold)
+    except (ArchiveError, OSError):
+        raise
+    except Exception as exc:
+        # pydicom decodes elements lazily, on first access, so corrupt input can raise
+        # any kind (NotImplementedError for an unknown VR, ValueError, struct.error...)
+        # well after dcmread; found by scripts/fuzz.py.
+        raise InvalidInstance(f"the DICOM header cannot be parsed: {exc}") from exc
+
+
+def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
     with open(path, "rb") as fp:
         try:
             dataset = dcmread(fp, stop_before_pixels=True, defer_size=max(bulk_threshold, 1))

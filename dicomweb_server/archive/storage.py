@@ -221,7 +221,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed writer whose parent died too stays a zombie until init reaps it, which a
+    # container's init may do late or never; signal 0 still reaches a zombie.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux): trust the signal
+    return stat.rpartition(")")[2].split()[:1] not in (["Z"], ["X"])
 
 
 def _fsync_dir(path: Path) -> None:
