@@ -168,7 +168,12 @@ def to_response(
         key = f"{int(tag):08X}"
         found = match.get(key)
         if found is not None and (found.get("Value") or element.keyword not in defaults):
-            response[tag] = Dataset.from_json({key: found})[tag]
+            try:
+                response[tag] = Dataset.from_json({key: found})[tag]
+            except (ValueError, TypeError, OverflowError):
+                # A value the archive kept although its VR forbids it (a DS of "abc"):
+                # returned empty rather than failing the whole match.
+                response[tag] = DataElement(tag, found.get("vr") or element.VR, None)
             continue
         scoped = _scoped_value(tag, query)
         if scoped is not None:

@@ -850,3 +850,31 @@ def test_association_with_128_presentation_contexts(dimse_server: dimse_scp.Serv
         assert not assoc.rejected_contexts
     finally:
         assoc.release()
+
+
+def test_find_returns_a_malformed_value_empty(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive
+) -> None:
+    """A DS of "abc" is stored as received; C-FIND answers the match with it empty."""
+    import io
+
+    from dicomweb_server.archive import Origin
+    from tests.factory import to_bytes
+
+    ds = make_instance(PatientWeight="72.5")
+    archive.store(io.BytesIO(to_bytes(ds).replace(b"72.5", b"abc ", 1)), Origin("IMPORT"))
+    query = Dataset()
+    query.QueryRetrieveLevel = "STUDY"
+    query.StudyInstanceUID = ds.StudyInstanceUID
+    query.PatientWeight = None
+    query.PatientName = ""
+    assoc = associate(dimse_server.port, [StudyRootQueryRetrieveInformationModelFind])
+    try:
+        replies = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+    finally:
+        assoc.release()
+    matches = [i for s, i in replies if s and s.Status == 0xFF00]
+    assert [s.Status for s, _ in replies][-1] == 0x0000
+    assert len(matches) == 1
+    assert matches[0].PatientName == "Doe^John"
+    assert matches[0].PatientWeight in (None, "")

@@ -265,3 +265,26 @@ def test_missing_preamble_is_supplied(archive: Archive) -> None:
     assert archive.store(io.BytesIO(without), ORIGIN).status is StoreStatus.STORED
     [stored] = archive.instances(ds.StudyInstanceUID)
     assert archive.path(stored).read_bytes() == bytes(128) + b"DICM" + without
+
+
+@pytest.mark.parametrize(
+    ("attributes", "old", "new", "key", "expected"),
+    [
+        # Values real files carry although their VR forbids them: stored, never refused.
+        ({"SliceThickness": "9.75"}, b"9.75", b"abc ", "00180050", ["abc"]),
+        ({"SliceThickness": "9.75"}, b"9.75", b"NaN ", "00180050", ["nan"]),
+        ({"SliceThickness": "9.7531"}, b"9.7531", b"1e999 ", "00180050", ["inf"]),
+        ({"StudyDate": "20240115"}, b"20240115", b"2024/1/5", "00080020", ["2024/1/5"]),
+    ],
+)
+def test_malformed_values_are_kept_and_metadata_stays_valid_json(
+    archive: Archive, attributes: dict, old: bytes, new: bytes, key: str, expected: list
+) -> None:
+    ds = make_instance(**attributes)
+    data = to_bytes(ds).replace(old, new, 1)
+    archive.store(io.BytesIO(data), ORIGIN)
+    text = next(archive.metadata(ds.StudyInstanceUID))
+    metadata = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
+    assert metadata[key]["Value"] == expected
+    [stored] = archive.instances(ds.StudyInstanceUID)
+    assert archive.path(stored).read_bytes() == data

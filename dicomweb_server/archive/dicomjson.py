@@ -9,7 +9,9 @@ the server moves behind another host name or proxy.
 
 from __future__ import annotations
 
+import base64
 import json
+import math
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -62,7 +64,11 @@ def _convert(
                     bulk[path] = (raw.value_tell, raw.length)
                 out[key] = {"vr": vr, "BulkDataURI": uri + path}
                 continue
-        element = dataset[tag]
+        try:
+            element = dataset[tag]
+        except Exception:  # pydicom cannot decode this value: keep it as it came
+            out[key] = _undecodable(raw)
+            continue
         if element.VR == "SQ":
             entry: dict[str, Any] = {"vr": "SQ"}
             items = [
@@ -72,9 +78,45 @@ def _convert(
             if items:
                 entry["Value"] = items
             out[key] = entry
-        else:
-            out[key] = element.to_json_dict(None, threshold)
+            continue
+        try:
+            out[key] = _finite(element.to_json_dict(None, threshold))
+        except Exception:
+            out[key] = _undecodable(raw)
     return out
+
+
+#: VRs whose values are text, kept as strings when they are not what their VR says.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DS", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+
+
+def _undecodable(raw: object) -> dict[str, Any]:
+    """A value pydicom cannot convert (a DS of "abc", say), as received.
+
+    Real-world files carry such values; refusing the whole instance for one of them
+    would lose data the sender trusts us with.  Text stays text (as JSON strings, even
+    for DS and IS), anything else becomes InlineBinary of VR UN.
+    """
+    vr = getattr(raw, "VR", None) or "UN"
+    value = getattr(raw, "value", None)
+    if isinstance(value, bytes) and vr in _TEXT_VRS:
+        text = value.decode("latin-1").rstrip(" \0")
+        return {"vr": vr, "Value": [v.strip() for v in text.split("\\")]} if text else {"vr": vr}
+    if isinstance(value, bytes) and value:
+        return {"vr": "UN", "InlineBinary": base64.b64encode(value).decode("ascii")}
+    return {"vr": vr}
+
+
+def _finite(entry: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN or Infinity: such DS, FL or FD values become strings."""
+    values = entry.get("Value")
+    if values and any(isinstance(v, float) and not math.isfinite(v) for v in values):
+        entry["Value"] = [
+            str(v) if isinstance(v, float) and not math.isfinite(v) else v for v in values
+        ]
+    return entry
 
 
 def _implicit_vr(tag: int) -> str:
@@ -87,5 +129,5 @@ def _implicit_vr(tag: int) -> str:
 
 
 def dumps(value: Any) -> str:
-    """Compact JSON text, as stored and served."""
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    """Compact JSON text, as stored and served; never the non-JSON ``NaN``."""
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
