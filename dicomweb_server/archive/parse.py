@@ -130,6 +130,7 @@ def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
             "BulkDataURI": dicomjson.instance_uri(study, series, sop) + f"/bulkdata/{tag:08X}",
         }
     metadata[_AVAILABLE_TS] = {"vr": "UI", "Value": [ts]}
+    _decode_header(dataset)
     return ParsedInstance(
         study_uid=study,
         series_uid=series,
@@ -142,6 +143,17 @@ def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         pixels=pixels,
         warnings=warnings,
     )
+
+
+def _decode_header(dataset: Dataset) -> None:
+    """Decode every top-level value that was read (not deferred) now, so that a value
+    pydicom cannot decode (an unknown VR) refuses the instance here rather than failing
+    later inside the index transaction (found by scripts/fuzz.py)."""
+    for tag in list(dataset.keys()):
+        raw = dataset.get_item(tag, keep_deferred=True)
+        if isinstance(raw, RawDataElement) and raw.value is None:
+            continue  # deferred: a large value, read only if someone asks for it
+        dataset[tag]
 
 
 def _scan_pixels(fp, dataset: Dataset, ts: UID) -> PixelLayout | None:  # type: ignore[no-untyped-def]
