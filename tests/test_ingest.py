@@ -288,3 +288,18 @@ def test_malformed_values_are_kept_and_metadata_stays_valid_json(
     assert metadata[key]["Value"] == expected
     [stored] = archive.instances(ds.StudyInstanceUID)
     assert archive.path(stored).read_bytes() == data
+
+
+def test_two_people_sharing_a_patient_id_stay_apart(archive: Archive) -> None:
+    """Sites without an Issuer of Patient ID reuse IDs: a search by the second name must
+    still find the second person's study, with that name."""
+    from dicomweb_server.archive import Level, Query
+
+    first = make_instance(PatientID="12345", PatientName="Smith^Jane")
+    second = make_instance(PatientID="12345", PatientName="Doe^John")
+    for ds in (first, second):
+        archive.store(io.BytesIO(to_bytes(ds)), ORIGIN)
+    [found] = archive.search(Query(Level.STUDY, {"PatientName": "DOE^JOHN"}))
+    assert found["0020000D"]["Value"] == [second.StudyInstanceUID]
+    assert found["00100010"]["Value"] == [{"Alphabetic": "Doe^John"}]
+    assert len(archive.search(Query(Level.STUDY, {"PatientID": "12345"}))) == 2

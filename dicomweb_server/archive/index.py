@@ -47,8 +47,15 @@ class Base(DeclarativeBase):
 
 
 class Patient(Base):
+    """A patient as the instances name them: ID, issuer and name together.
+
+    Sites without an Issuer of Patient ID reuse each other's IDs; keying by the ID alone
+    would merge two people and hide the second one's studies from a search by name.  A
+    patient renamed at the source thus appears twice, under each name.
+    """
+
     __tablename__ = "patients"
-    __table_args__ = (UniqueConstraint("patient_id", "issuer", name="uq_patient"),)
+    __table_args__ = (UniqueConstraint("patient_id", "issuer", "name_key", name="uq_patient"),)
 
     id: Mapped[int] = mapped_column(ID, primary_key=True)
     patient_id: Mapped[str] = mapped_column(String(64), index=True)

@@ -377,9 +377,12 @@ def write_index_rows(
     patient_pk, _ = _get_or_create(
         session,
         Patient,
-        {"patient_id": _text(ds.get("PatientID")), "issuer": _text(ds.get("IssuerOfPatientID"))},
         {
+            "patient_id": _text(ds.get("PatientID")),
+            "issuer": _text(ds.get("IssuerOfPatientID")),
             "name_key": name_key(patient_name),
+        },
+        {
             "name_words": name_words(patient_name),
             "birth_date": parse_date(ds.get("PatientBirthDate")),
             "sex": _text(ds.get("PatientSex"))[:16],
