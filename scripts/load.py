@@ -204,8 +204,14 @@ def c_store_client(port: int, stats: Stats, stop: threading.Event, seed: int) ->
                     break
                 ds, data = new_instance(rng)
                 start = time.perf_counter()
-                status = assoc.send_c_store(ds)
+                try:
+                    status = assoc.send_c_store(ds)
+                except RuntimeError as exc:  # the association was aborted
+                    stats.record("C-STORE", time.perf_counter() - start, repr(exc))
+                    break
                 code = getattr(status, "Status", None)
+                # No status: no response within the SCU's DIMSE timeout (30 s), which
+                # aborts the association.
                 error = "" if code == 0 else f"status {code}"
                 stats.record("C-STORE", time.perf_counter() - start, error)
                 if not error:

@@ -17,6 +17,7 @@ from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
+from pydicom.valuerep import VR
 
 from . import dicomjson
 from .attributes import LEVEL_KEYS, Level, parse_int
@@ -25,6 +26,7 @@ from .frames import PixelLayout, scan_pixel_data
 from .uids import clean_uid
 
 STORABLE_TRANSFER_SYNTAXES = frozenset(AllTransferSyntaxes)
+_KNOWN_VRS = frozenset(vr.value for vr in VR)
 _AVAILABLE_TS = "00083002"
 
 
@@ -151,8 +153,11 @@ def _decode_header(dataset: Dataset) -> None:
     later inside the index transaction (found by scripts/fuzz.py)."""
     for tag in list(dataset.keys()):
         raw = dataset.get_item(tag, keep_deferred=True)
-        if isinstance(raw, RawDataElement) and raw.value is None:
-            continue  # deferred: a large value, read only if someone asks for it
+        if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
+            # Deferred (a large value, read only if someone asks for it): check its VR.
+            if raw.VR is not None and raw.VR not in _KNOWN_VRS:
+                raise InvalidInstance(f"unknown Value Representation {raw.VR!r} in {raw.tag}")
+            continue
         dataset[tag]
 
 
