@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from sqlalchemy import func, select, text
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from .. import metrics
 from ..config import Settings
@@ -20,6 +22,20 @@ from .retrieve import StoredInstance
 from .storage import CHUNK, FolderStorage
 
 log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _index_reachable() -> Iterator[None]:
+    """Turn a lost or refused index connection into :class:`OutOfResources`.
+
+    Each front then answers it from its one table (HTTP 503, DIMSE A700/A701) instead
+    of meeting a driver exception; the engines ping connections before use, so the
+    first request after the database returns succeeds.
+    """
+    try:
+        yield
+    except (OperationalError, InterfaceError, PoolTimeout) as exc:
+        raise OutOfResources(f"the index is unreachable: {getattr(exc, 'orig', exc)}") from exc
 
 
 class Archive:
@@ -80,7 +96,8 @@ class Archive:
         """Store one Part 10 instance; see :mod:`.ingest`."""
         outcome = "failed"  # counted per protocol and outcome (dicomweb_server.metrics)
         try:
-            result = self._ingest.store(source, origin, expected_study_uid=expected_study_uid)
+            with _index_reachable():
+                result = self._ingest.store(source, origin, expected_study_uid=expected_study_uid)
             outcome = str(result.status)
             return result
         finally:
@@ -100,7 +117,10 @@ class Archive:
         """
         outcome = "failed"  # a final answer here is counted now, a Prepared by index()
         try:
-            prepared = self._ingest.prepare(source, origin, expected_study_uid=expected_study_uid)
+            with _index_reachable():
+                prepared = self._ingest.prepare(
+                    source, origin, expected_study_uid=expected_study_uid, precheck=False
+                )
             outcome = "" if isinstance(prepared, Prepared) else str(prepared.status)
             return prepared
         finally:
@@ -109,7 +129,8 @@ class Archive:
 
     def index(self, batch: Sequence[Prepared]) -> list[StoreResult | ArchiveError]:
         """The second half: the index rows of several prepared instances in one transaction."""
-        results = self._ingest.index(batch)
+        with _index_reachable():
+            results = self._ingest.index(batch)
         for prepared, result in zip(batch, results, strict=True):
             outcome = "failed" if isinstance(result, ArchiveError) else str(result.status)
             metrics.instance_received(prepared.origin.protocol, outcome)
@@ -120,14 +141,14 @@ class Archive:
 
     def search(self, q: query.Query) -> list[dict[str, Any]]:
         """Answer a QIDO-RS or C-FIND query; see :mod:`.query`."""
-        with self.reader() as session:
+        with _index_reachable(), self.reader() as session:
             return query.search(session, q)
 
     def instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[StoredInstance]:
         """The stored instances of a study, series or instance; :class:`NotFound` if none."""
-        with self.reader() as session:
+        with _index_reachable(), self.reader() as session:
             return retrieve.find_instances(session, study_uid, series_uid, sop_uid)
 
     def metadata(
