@@ -118,6 +118,21 @@ class WebServer:
         self.thread.join(5)
 
 
+def serving(settings: Settings) -> Iterator[WebServer]:
+    """A web server over its own archive on ``settings``; both close when it ends.
+
+    For tests whose settings differ from the ``settings`` fixture: ``yield from
+    serving(make_settings(...))`` in a fixture of their own.
+    """
+    archive = Archive(settings)
+    server = WebServer(settings, archive)
+    try:
+        yield server
+    finally:
+        server.stop()
+        archive.close()
+
+
 @pytest.fixture
 def web(settings: Settings, archive: Archive) -> Iterator[WebServer]:
     """A DICOMweb server; ``web.url`` is its DICOMweb root."""

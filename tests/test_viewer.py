@@ -20,11 +20,10 @@ import pytest
 import requests
 
 from dicomweb_server import viewer_install
-from dicomweb_server.archive import Archive
 from dicomweb_server.web import viewer
 from dicomweb_server.web.auth import hash_api_key, mint_api_key
 
-from .conftest import WebServer, make_settings
+from .conftest import WebServer, make_settings, serving
 
 INDEX = (
     '<!doctype html><html><head><script>window.PUBLIC_URL="/"</script>'
@@ -65,12 +64,7 @@ def make_dist(folder: Path) -> Path:
 def _server(
     tmp_path: Path, auth: dict[str, object] | None = None, **http: object
 ) -> Iterator[WebServer]:
-    settings = make_settings(tmp_path / "data", http=http, auth=auth or {})
-    archive = Archive(settings)
-    server = WebServer(settings, archive)
-    yield server
-    server.stop()
-    archive.close()
+    yield from serving(make_settings(tmp_path / "data", http=http, auth=auth or {}))
 
 
 @pytest.fixture

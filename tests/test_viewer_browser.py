@@ -21,10 +21,8 @@ from typing import Any
 import pytest
 import requests
 
-from dicomweb_server.archive import Archive
-
 from . import factory
-from .conftest import WebServer, make_settings
+from .conftest import WebServer, make_settings, serving
 
 playwright_api = pytest.importorskip(
     "playwright.sync_api", reason="the Python package playwright is not installed"
@@ -143,12 +141,7 @@ def page(browser: Any) -> Iterator[Any]:
 
 
 def _server(folder: Path, **http: Any) -> Iterator[WebServer]:
-    settings = make_settings(folder / "data", http=http)
-    archive = Archive(settings)
-    server = WebServer(settings, archive)
-    yield server
-    server.stop()
-    archive.close()
+    yield from serving(make_settings(folder / "data", http=http))
 
 
 @pytest.fixture
