@@ -275,8 +275,9 @@ class DeidSettings(_Section):
     id_prefix: str = "ANON-"
     #: Modified dates move back by 1 to this many days, one offset per patient.
     max_date_shift: int = Field(default=3650, ge=1)
-    #: X/Z, X/D, Z/D, X/Z/D, X/Z/U*: "conform" (keep IODs valid) or "remove" (first action).
-    compound_actions: str = "conform"
+    #: X/Z, X/D, Z/D, X/Z/D, X/Z/U*: "iod" (by the attribute's type in the instance's IOD,
+    #: PS3.15 E.3.1), "conform" (keep every IOD valid) or "remove" (first action).
+    compound_actions: str = "iod"
     #: Profile for sources not listed in ``sources``; "" means store unchanged.
     default_profile: str = ""
     #: Named profiles: ``[deid.profiles.research] options = ["retain_uids"]``.

@@ -250,3 +250,62 @@ def test_content_sequence_is_replaced_or_cleaned_as_the_option_says() -> None:
     deidentify(cleaned, Profile("p", options), Pseudonyms(SECRET))
     text = cleaned.ContentSequence[0].TextValue
     assert "nodule" in text and "Doe" not in text and "PID001" not in text
+
+
+CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"
+ENHANCED_CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2.1"
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "keyword", "vr", "expected"),
+    [
+        # Content Date, Z/D: Type 2C in the General Image Module, Type 1 in Enhanced CT.
+        (CT_IMAGE, "ContentDate", "DA", ""),
+        (ENHANCED_CT_IMAGE, "ContentDate", "DA", "19000101"),
+        # Operators' Name, X/Z/D: Type 3 (General Series Module): removed.
+        (CT_IMAGE, "OperatorsName", "PN", None),
+        # Device Serial Number, X/Z/D: Type 1 in the Enhanced General Equipment Module.
+        (CT_IMAGE, "DeviceSerialNumber", "LO", None),
+        (ENHANCED_CT_IMAGE, "DeviceSerialNumber", "LO", "ANONYMIZED"),
+        # An unknown SOP Class keeps every IOD valid, as "conform" does.
+        ("1.2.3.4.5.6", "OperatorsName", "PN", "ANONYMIZED"),
+        ("1.2.3.4.5.6", "ContentDate", "DA", "19000101"),
+    ],
+)
+def test_compound_actions_follow_the_type_in_the_iod_of_the_sop_class(
+    sop_class: str, keyword: str, vr: str, expected: str | None
+) -> None:
+    """PS3.15 E.3.1: X unless Z (Type 2) or D (Type 1) keeps the IOD conformant."""
+    ds = _base()
+    ds.SOPClassUID = sop_class
+    setattr(ds, keyword, "20200315" if vr == "DA" else "Doe^Operator")
+    deidentify(ds, Profile("p", frozenset(), CompoundPolicy.IOD), Pseudonyms(SECRET))
+    if expected is None:
+        assert keyword not in ds
+    else:
+        assert str(ds[keyword].value) == expected
+    # Nested in a sequence, where the IOD type is not known: as "conform".
+    nested = _base()
+    nested.SOPClassUID = sop_class
+    item = Dataset()
+    item.OperatorsName = "Doe^Operator"
+    nested.add_new(0x00081115, "SQ", [item])
+    deidentify(nested, Profile("p", frozenset(), CompoundPolicy.IOD), Pseudonyms(SECRET))
+    assert nested[0x00081115].value[0].OperatorsName == "ANONYMIZED"
+
+
+def test_iod_types_are_generated_from_the_standard() -> None:
+    """The data module is exactly what the generator makes of highdicom's PS3.3 tables."""
+    from pathlib import Path
+
+    import highdicom
+
+    from dicomweb_server.archive.deid import _iod_types
+    from dicomweb_server.archive.deid.generate_iod_types import convert
+
+    mappings, index = convert(Path(highdicom.__file__).parent / "_standard")
+    assert tuple(mappings) == _iod_types.MAPPINGS
+    assert index == _iod_types.SOP_CLASSES
+    assert len(index) > 150 and _iod_types.STANDARD_EDITION == "2026b"
+    assert len(mappings) < len(index) / 3  # SOP Classes of one IOD share an entry
+    assert index["1.2.840.10008.5.1.4.1.1.1.1"] == index["1.2.840.10008.5.1.4.1.1.1.1.1"]  # DX

@@ -264,6 +264,8 @@ def test_output_passes_pydicom_and_dciodvfy(archive: Archive, tmp_path: Path) ->
     source = _path(ds, archive.settings)
     result = archive.store(source, Origin("DIMSE", ae_title="MODALITY1"))
     stored = archive.path(archive.instances(result.study_uid)[0])
+    # Operators' Name is X/Z/D, Type 3 in the CT Image IOD: removed (PS3.15 E.3.1).
+    assert "OperatorsName" not in dcmread(stored)
     with pydicom_config.strict_reading():
         copy = dcmread(stored)
         for element in copy.iterall():

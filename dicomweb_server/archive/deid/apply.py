@@ -117,8 +117,8 @@ def deidentify(ds: Dataset, profile: Profile, pseudonyms: Pseudonyms) -> Outcome
     offset = None
     if profile.shifts_dates:
         offset = pseudonyms.date_offset(identity.patient_id, identity.issuer)
-    walker = _Walker(profile, pseudonyms, identity, offset)
-    walker.walk(ds, _Mode.NORMAL)
+    walker = _Walker(profile, pseudonyms, identity, offset, str(ds.get("SOPClassUID", "")))
+    walker.walk(ds, _Mode.NORMAL, top=True)
     pseudonym = pseudonyms.patient_id(identity.patient_id, identity.issuer)
     if profile.action(_PATIENT_ID) is not Action.KEEP:
         ds.PatientID = pseudonym
@@ -164,13 +164,18 @@ class _Walker:
         pseudonyms: Pseudonyms,
         identity: Identity,
         offset: dt.timedelta | None,
+        sop_class: str = "",
     ) -> None:
         self.profile = profile
+        self.sop_class = sop_class  # its IOD resolves compound actions (PS3.15 E.3.1)
         self.pseudonyms = pseudonyms
         self.identity = identity
         self.offset = offset
 
-    def walk(self, ds: Dataset, mode: _Mode) -> None:
+    def walk(self, ds: Dataset, mode: _Mode, top: bool = False) -> None:
+        """Act on every attribute of ``ds``; ``top`` for the instance itself, whose
+        attributes' IOD types are known (those of nested items are not)."""
+        sop_class = self.sop_class if top else None
         kept_private: set[tuple[int, int]] = set()  # (group, block) of kept private values
         private_creators: list[int] = []
         for tag in list(ds.keys()):
@@ -187,7 +192,7 @@ class _Walker:
                 else:
                     del ds[tag]
                 continue
-            action = self.profile.action(int(tag))
+            action = self.profile.action(int(tag), sop_class)
             self._act(ds, int(tag), action, mode)
         for tag in private_creators:  # a creator stays only while a value of its block does
             if (tag >> 16, tag & 0xFF) not in kept_private:

@@ -7,9 +7,11 @@ Actions (PS3.15 Table E.1-1 legend): ``D`` replace with a dummy value, ``Z`` rep
 zero-length value (or a dummy), ``X`` remove, ``K`` keep (sequences are still cleaned),
 ``C`` clean, ``U`` replace a UID consistently.  The compound actions ``Z/D``, ``X/Z``,
 ``X/D``, ``X/Z/D`` and ``X/Z/U*`` let the de-identifier choose the first action unless the
-attribute's type in the IOD requires the later one.  This archive does not look the type up
-per IOD: with :attr:`CompoundPolicy.CONFORM` (the default) it takes the action that keeps
-every IOD valid (D, Z or U*), with :attr:`CompoundPolicy.REMOVE` the first one.
+attribute's type in the IOD requires the later one (PS3.15 E.3.1).  With
+:attr:`CompoundPolicy.IOD` (the default) the type is looked up for the instance's SOP Class
+in :mod:`._iod_types` (generated from PS3.3); an unknown SOP Class, or an attribute nested in
+a sequence, falls back to :attr:`CompoundPolicy.CONFORM`, the action that keeps every IOD
+valid (D, Z or U*).  :attr:`CompoundPolicy.REMOVE` takes the first action.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import enum
 import functools
 from dataclasses import dataclass
 
+from . import _iod_types
 from ._table import ROWS, SOURCE, STANDARD_EDITION
 
 __all__ = [
@@ -28,6 +31,7 @@ __all__ = [
     "Option",
     "Profile",
     "Rule",
+    "iod_type",
     "rules",
 ]
 
@@ -48,6 +52,7 @@ class Action(enum.StrEnum):
 class CompoundPolicy(enum.StrEnum):
     """How ``X/Z``, ``X/D``, ``Z/D``, ``X/Z/D`` and ``X/Z/U*`` are resolved."""
 
+    IOD = "iod"  #: by the attribute's type in the instance's IOD (PS3.15 E.3.1)
     CONFORM = "conform"  #: the action that keeps a Type 1 or 2 attribute valid
     REMOVE = "remove"  #: the first action (X, or Z for ``Z/D``)
 
@@ -100,6 +105,16 @@ _CONFORM = {
     "X/Z/D": Action.DUMMY,
     "X/Z/U*": Action.REFERENCES,
 }
+#: E.3.1 by IOD type: "1" (Type 1/1C), "2" (Type 2/2C), "3" (Type 3 or not in the IOD).
+#: ``X/Z`` on a Type 1 attribute: Z allows "a non-zero length value that may be a dummy
+#: value" (Table E.1-1 legend), so a dummy (D); ``X/D`` on Type 2: D, as X is not allowed.
+_BY_TYPE = {
+    "Z/D": {"1": Action.DUMMY, "2": Action.ZERO, "3": Action.ZERO},
+    "X/Z": {"1": Action.DUMMY, "2": Action.ZERO, "3": Action.REMOVE},
+    "X/D": {"1": Action.DUMMY, "2": Action.DUMMY, "3": Action.REMOVE},
+    "X/Z/D": {"1": Action.DUMMY, "2": Action.ZERO, "3": Action.REMOVE},
+    "X/Z/U*": {"1": Action.REFERENCES, "2": Action.ZERO, "3": Action.REMOVE},
+}
 _REMOVE = {
     "Z/D": Action.ZERO,
     "X/Z": Action.REMOVE,
@@ -124,12 +139,16 @@ class Rule:
         text = f"{tag:08X}"
         return all(p in ("X", t) for p, t in zip(self.pattern, text, strict=True))
 
-    def action(self, options: frozenset[Option], compound: CompoundPolicy) -> Action:
+    def action(
+        self, options: frozenset[Option], compound: CompoundPolicy, iod_type: str | None = None
+    ) -> Action:
         """The action for this attribute under ``options``.
 
         An option's column overrides the Basic Profile column (PS3.15 E.3).  Where two
         enabled options disagree, keeping wins over cleaning, which wins over the basic
-        action: each option is a statement of what the recipient may have.
+        action: each option is a statement of what the recipient may have.  ``iod_type``
+        ("1", "2" or "3", see :func:`iod_type`) resolves a compound action under
+        :attr:`CompoundPolicy.IOD`; ``None`` (unknown) resolves it as ``CONFORM`` does.
         """
         chosen = [self.options[o.value] for o in options if o.value in self.options]
         if "K" in chosen:
@@ -138,7 +157,9 @@ class Rule:
             return Action.CLEAN
         if chosen:  # no option column holds anything else today
             return Action(chosen[0])
-        table = _CONFORM if compound is CompoundPolicy.CONFORM else _REMOVE
+        if compound is CompoundPolicy.IOD and iod_type is not None and self.basic in _BY_TYPE:
+            return _BY_TYPE[self.basic][iod_type]
+        table = _REMOVE if compound is CompoundPolicy.REMOVE else _CONFORM
         return table.get(self.basic) or Action(self.basic)
 
 
@@ -169,20 +190,40 @@ def rule_for(tag: int) -> Rule | None:
     return None
 
 
+def iod_type(sop_class: str, tag: int) -> str | None:
+    """The type of top-level ``tag`` in the IOD of ``sop_class``: "1" (Type 1 or 1C),
+    "2" (Type 2 or 2C), "3" (Type 3 or not in the IOD); ``None`` for an unknown SOP Class.
+
+    Only the attributes with a compound action in Table E.1-1 are known (see
+    :mod:`.generate_iod_types`); for others the answer means nothing.
+    """
+    number = _iod_types.SOP_CLASSES.get(sop_class)
+    if number is None:
+        return None
+    return _iod_types.MAPPINGS[number].get(tag, "3")
+
+
 @dataclass(frozen=True)
 class Profile:
     """A named selection of options, as configured in ``[deid.profiles.NAME]``."""
 
     name: str
     options: frozenset[Option]
-    compound: CompoundPolicy = CompoundPolicy.CONFORM
+    compound: CompoundPolicy = CompoundPolicy.IOD
     #: Private attributes kept by the Retain Safe Private option, as
     #: ``(private creator, group, element offset)``: ``("GEMS_PARM_01", 0x0043, 0x39)``.
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
 
-    def action(self, tag: int) -> Action | None:
+    def action(self, tag: int, sop_class: str | None = None) -> Action | None:
+        """The action on ``tag``; ``sop_class`` is given for top-level attributes only,
+        as IOD types are known for those (nested ones resolve as ``CONFORM``)."""
         rule = rule_for(tag)
-        return None if rule is None else rule.action(self.options, self.compound)
+        if rule is None:
+            return None
+        kind = None
+        if self.compound is CompoundPolicy.IOD and sop_class and "/" in rule.basic:
+            kind = iod_type(sop_class, tag)
+        return rule.action(self.options, self.compound, kind)
 
     @property
     def shifts_dates(self) -> bool:
