@@ -79,8 +79,9 @@ def resolve(archive: Archive, identifier: Dataset, model: str) -> list[StoredIns
     scopes: list[tuple[str, str | None, str | None]] = []
     if level is Level.PATIENT:
         for patient_id in _patient_ids(identifier):
-            query = Query(Level.STUDY, filters={"PatientID": patient_id},
-                          return_keys=["StudyInstanceUID"])
+            query = Query(
+                Level.STUDY, filters={"PatientID": patient_id}, return_keys=["StudyInstanceUID"]
+            )
             studies = _search_pairs(archive, query, "StudyInstanceUID")
             scopes += [(study, None, None) for (study,) in studies]
     elif level is Level.STUDY:
@@ -91,8 +92,11 @@ def resolve(archive: Archive, identifier: Dataset, model: str) -> list[StoredIns
         if len(studies) == 1:
             scopes = [(studies[0], s, None) for s in series]
         else:
-            query = Query(Level.SERIES, filters={"SeriesInstanceUID": "\\".join(series)},
-                          return_keys=["StudyInstanceUID", "SeriesInstanceUID"])
+            query = Query(
+                Level.SERIES,
+                filters={"SeriesInstanceUID": "\\".join(series)},
+                return_keys=["StudyInstanceUID", "SeriesInstanceUID"],
+            )
             pairs = _search_pairs(archive, query, "StudyInstanceUID", "SeriesInstanceUID")
             scopes = [(study, s, None) for study, s in pairs]
     else:
@@ -102,8 +106,11 @@ def resolve(archive: Archive, identifier: Dataset, model: str) -> list[StoredIns
         if len(studies) == 1 and len(series) == 1:
             scopes = [(studies[0], series[0], sop) for sop in sops]
         else:
-            query = Query(Level.IMAGE, filters={"SOPInstanceUID": "\\".join(sops)},
-                          return_keys=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+            query = Query(
+                Level.IMAGE,
+                filters={"SOPInstanceUID": "\\".join(sops)},
+                return_keys=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"],
+            )
             triples = _search_pairs(
                 archive, query, "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"
             )

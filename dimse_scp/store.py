@@ -51,7 +51,9 @@ def handle_store(event: Event, runtime: Runtime) -> int | Dataset:
         stats.store_failed += 1
         log.warning(
             "C-STORE of %s refused with 0x%04X: %s",
-            request.AffectedSOPInstanceUID, failure.status, exc,
+            request.AffectedSOPInstanceUID,
+            failure.status,
+            exc,
         )
         return failure.dataset()
     stats.stored += 1
