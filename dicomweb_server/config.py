@@ -259,8 +259,9 @@ class DeidProfileSettings(_Section):
     #: retain_patient_characteristics, retain_device_identity, retain_uids,
     #: retain_safe_private, retain_institution_identity.
     options: list[str] = []
-    #: Private attributes kept by retain_safe_private, as "CREATOR,gggg,ee" (ee: the
-    #: element's last two hex digits), e.g. "GEMS_PARM_01,0043,39".
+    #: Private attributes kept by retain_safe_private besides those of PS3.15 Table
+    #: E.3.10-1 (built in), as "CREATOR,gggg,ee" (ee: the element's last two hex digits,
+    #: any block), e.g. "GEMS_PARM_01,0043,39".
     safe_private: list[str] = []
 
 

@@ -309,3 +309,48 @@ def test_iod_types_are_generated_from_the_standard() -> None:
     assert len(index) > 150 and _iod_types.STANDARD_EDITION == "2026b"
     assert len(mappings) < len(index) / 3  # SOP Classes of one IOD share an entry
     assert index["1.2.840.10008.5.1.4.1.1.1.1"] == index["1.2.840.10008.5.1.4.1.1.1.1.1"]  # DX
+
+
+def test_table_e_3_10_1_is_built_in_and_dated() -> None:
+    from dicomweb_server.archive.deid import _safe_private
+    from dicomweb_server.archive.deid.profile import safe_private
+
+    assert _safe_private.STANDARD_EDITION == "2020c" and len(_safe_private.ROWS) == 130
+    table = safe_private()
+    assert table[("Philips PET Private Group", 0x7053, 0x00)] == "DS"  # SUV factor
+    assert table[("SIEMENS MR HEADER", 0x0019, 0x0C)] == "IS"  # B value
+    assert table[("GEMS_PARM_01", 0x0043, 0x39)] == "IS"
+
+
+def test_retain_safe_private_keeps_table_e_3_10_1_attributes_in_any_block() -> None:
+    ds = _base()
+    # GE puts GEMS_PARM_01 in block 0x10; here it is in block 0x11, after another creator.
+    ds.private_block(0x0043, "OTHER_VENDOR", create=True).add_new(0x27, "SH", "Doe")
+    ge = ds.private_block(0x0043, "GEMS_PARM_01", create=True)
+    ge.add_new(0x27, "SH", "0.984:1")  # Scan Pitch Ratio: in the table
+    ge.add_new(0x6F, "LO", "Doe")  # in the table as DS: another attribute, removed
+    ge.add_new(0x40, "LO", "Doe")  # not in the table
+    siemens = ds.private_block(0x0019, "SIEMENS MR HEADER", create=True)
+    siemens.add_new(0x0C, "IS", "1000")
+    siemens.add_new(0x08, "CS", "DOE")
+    ds.add_new(0x00291010, "LO", "configured")  # kept only through the profile's list
+    ds.add_new(0x00290010, "LO", "ACME 1.0")
+    kept = Profile(
+        "p",
+        frozenset({Option.RETAIN_SAFE_PRIVATE}),
+        safe_private=frozenset({("ACME 1.0", 0x0029, 0x10)}),
+    )
+    deidentify(ds, kept, Pseudonyms(SECRET))
+    private = {f"{e.tag:08X}": e.value for e in ds if e.tag.group & 1}
+    assert private == {
+        "00190010": "SIEMENS MR HEADER",
+        "0019100C": "1000",
+        "00290010": "ACME 1.0",
+        "00291010": "configured",
+        "00430011": "GEMS_PARM_01",
+        "00431127": "0.984:1",
+    }
+    plain = _base()
+    plain.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x27, "SH", "0.984:1")
+    deidentify(plain, Profile("p", frozenset()), Pseudonyms(SECRET))
+    assert not [e for e in plain if e.tag.group & 1]  # without the option: all removed

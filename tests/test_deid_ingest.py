@@ -61,8 +61,9 @@ DEID: dict[str, Any] = {
     "default_profile": "research",
     "profiles": {
         "research": {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]},
+        "safe": {"options": ["retain_safe_private"], "safe_private": ["ACME 1.0,0029,10"]},
     },
-    "sources": {"MODALITY1": "research", "RAW": ""},
+    "sources": {"MODALITY1": "research", "RAW": "", "SAFEPRIV": "safe"},
 }
 
 
@@ -386,3 +387,34 @@ def test_stow_source_route_selects_the_profile(archive: Archive, web: Any) -> No
     with pytest.raises(NotFound):
         archive.instances(default.StudyInstanceUID)
     assert post("/sources/bad%20name/studies", raw).status_code == 400
+
+
+@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+def test_retain_safe_private_through_ingest(archive: Archive, syntax: str) -> None:
+    """Table E.3.10-1 and the profile's list are kept, whatever the block; nothing else."""
+    ds = make_instance(transfer_syntax=syntax)
+    ds.private_block(0x0019, "SIEMENS MR HEADER", create=True).add_new(0x0C, "IS", "1000")
+    ds.private_block(0x0019, "OTHER", create=True).add_new(0x0C, "LO", "Doe^John")
+    pet = ds.private_block(0x7053, "Philips PET Private Group", create=True)
+    pet.add_new(0x00, "DS", "0.000276")
+    pet.add_new(0x10, "LO", "Doe^John")  # not in the table
+    ds.private_block(0x0029, "ACME 1.0", create=True).add_new(0x10, "LO", "kept")
+    ds.private_block(0x0029, "ACME 2.0", create=True).add_new(0x10, "LO", "Doe^John")
+    result = archive.store(_path(ds, archive.settings), Origin("DIMSE", ae_title="SAFEPRIV"))
+    copy = _stored(archive, result.study_uid)[0]
+    private = {
+        f"{e.tag:08X}": str(e.value, "latin-1") if isinstance(e.value, bytes) else str(e.value)
+        for e in copy
+        if e.tag.group & 1
+    }
+    assert {k: v.strip() for k, v in private.items()} == {
+        "00190010": "SIEMENS MR HEADER",
+        "0019100C": "1000",
+        "00290010": "ACME 1.0",
+        "00291010": "kept",
+        "70530010": "Philips PET Private Group",
+        "70531000": "0.000276",
+    }
+    codes = [i.CodeValue for i in copy.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113111"]  # Retain Safe Private Option, CID 7050
+    assert "Doe" not in to_bytes(copy).decode("latin-1")

@@ -201,11 +201,16 @@ class _Walker:
     def _keep_private(self, ds: Dataset, group: int, element: int) -> bool:
         if self.profile.action((group << 16) | element) is not Action.CLEAN:
             return False  # Retain Safe Private not chosen: X (PS3.15 E.3.10)
+        if element < 0x1000:
+            return False  # (gggg,0001-000F) and reserved ranges: no creator, not safe
         creator = ds.get((group << 16) | (element >> 8))
-        if creator is None:
+        if creator is None or creator.value is None:
             return False
-        key = (str(creator.value).strip(), group, element & 0xFF)
-        return key in self.profile.safe_private
+        name = (
+            creator.value.decode("latin-1") if isinstance(creator.value, bytes) else creator.value
+        )
+        vr = ds[(group << 16) | element].VR
+        return self.profile.keeps_private(str(name).strip(), group, element & 0xFF, vr)
 
     def _act(self, ds: Dataset, tag: int, action: Action | None, mode: _Mode) -> None:
         if action is Action.REMOVE:

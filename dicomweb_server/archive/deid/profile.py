@@ -20,7 +20,7 @@ import enum
 import functools
 from dataclasses import dataclass
 
-from . import _iod_types
+from . import _iod_types, _safe_private
 from ._table import ROWS, SOURCE, STANDARD_EDITION
 
 __all__ = [
@@ -33,6 +33,7 @@ __all__ = [
     "Rule",
     "iod_type",
     "rules",
+    "safe_private",
 ]
 
 
@@ -203,6 +204,20 @@ def iod_type(sop_class: str, tag: int) -> str | None:
     return _iod_types.MAPPINGS[number].get(tag, "3")
 
 
+@functools.cache
+def safe_private() -> dict[tuple[str, int, int], str]:
+    """PS3.15 Table E.3.10-1 as ``{(private creator, group, element offset): VR}``.
+
+    Rows with a condition are left out: a condition is text for a human, and keeping an
+    attribute on a condition that is not checked would not be safe.
+    """
+    return {
+        (creator, group, offset): vr
+        for group, offset, creator, vr, _vm, _meaning, condition in _safe_private.ROWS
+        if not condition
+    }
+
+
 @dataclass(frozen=True)
 class Profile:
     """A named selection of options, as configured in ``[deid.profiles.NAME]``."""
@@ -224,6 +239,22 @@ class Profile:
         if self.compound is CompoundPolicy.IOD and sop_class and "/" in rule.basic:
             kind = iod_type(sop_class, tag)
         return rule.action(self.options, self.compound, kind)
+
+    def keeps_private(self, creator: str, group: int, offset: int, vr: str) -> bool:
+        """Whether Retain Safe Private (PS3.15 E.3.10) keeps this private attribute.
+
+        Matched by private creator, group and element offset within the block (the block
+        number, ``xx`` in ``(gggg,xxee)``, is whatever the creator was given in the
+        instance): the profile's own ``safe_private`` list, then Table E.3.10-1, whose VR
+        must agree unless the value's VR is unknown (UN, or read implicitly).
+        """
+        if Option.RETAIN_SAFE_PRIVATE not in self.options:
+            return False
+        key = (creator, group, offset)
+        if key in self.safe_private:
+            return True
+        expected = safe_private().get(key)
+        return expected is not None and vr in (expected, "UN")
 
     @property
     def shifts_dates(self) -> bool:
