@@ -24,6 +24,15 @@ from dicomweb_server.config import Settings
 from tests.factory import make_series, write
 
 
+def _wait_for_activity(data: Path, process: subprocess.Popen, timeout: float = 60.0) -> None:
+    """Until ``process`` is writing an instance (its temporary files carry its PID)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        if any(data.glob(f".tmp/*-{process.pid}-*.part")):
+            return
+        time.sleep(0.02)
+
+
 def test_sigkill_during_import_leaves_archive_consistent(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -45,7 +54,10 @@ def test_sigkill_during_import_leaves_archive_consistent(
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        time.sleep(rng.uniform(1.0, 2.5))
+        # Kill at a random moment once the import is under way: a fixed delay would
+        # fire before Python has even started on a loaded machine.
+        _wait_for_activity(settings.storage.data_dir, process)
+        time.sleep(rng.uniform(0.0, 0.5))
         process.send_signal(signal.SIGKILL)
         process.wait()
 

@@ -21,8 +21,8 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
@@ -241,18 +241,17 @@ class Ingest:
         return key
 
     def _transaction(self, batch: Sequence[Prepared]) -> list[tuple[StoreStatus, str | None]]:
+        self.storage.sync([p.key for p in batch])
         for attempt in range(_RETRIES):
             try:
                 # Core statements on a plain connection: the ORM's unit of work adds
                 # nothing here and costs ~0.1 ms a statement.
-                cache: RowCache = {}
                 with self.writer.begin() as connection:
-                    return [
-                        write_index_rows(
-                            connection, p.parsed, p.received, p.key, p.origin, self.settings, cache
-                        )
-                        for p in batch
-                    ]
+                    uids = [p.parsed.sop_uid for p in batch]
+                    writer = IndexWriter(connection, self.settings, uids)
+                    written = [writer.add(p.parsed, p.received, p.key, p.origin) for p in batch]
+                    writer.flush()
+                    return written
             except IntegrityError:
                 # Another process inserted the same patient/study/series/instance between
                 # our look-up and our insert: the retry will find its row.
@@ -308,187 +307,232 @@ def _text(value: Any) -> str:
     return "" if value is None else str(value).strip()
 
 
-#: Rows already found or created in the current transaction: (table, key...) -> id.
-RowCache = dict[tuple[Any, ...], int]
+@dataclass
+class _StudyDelta:
+    """What a batch adds to one study's aggregates."""
+
+    instances: int = 0
+    series: int = 0
+    modalities: set[str] = field(default_factory=set)
+    sop_classes: set[str] = field(default_factory=set)
 
 
-def _get_or_create(
-    session: Connection,
-    model: type,
-    where: dict[str, Any],
-    values: dict[str, Any],
-    cache: RowCache | None = None,
-) -> tuple[int, bool]:
-    """Return ``(id, created)`` for the row matching ``where``, inserting it if absent.
+class IndexWriter:
+    """Writes the index rows of a batch of instances inside one transaction.
 
-    ``cache`` spares the look-up for the instances of one series indexed together.
+    Instance rows are inserted together (one ``executemany``) and each series' and
+    study's aggregates updated once, when the batch is :meth:`flush`-ed, rather than a
+    handful of statements per instance: per 525 KB CT slice, statement building alone had
+    cost ~1.5 ms of Python.  Patient, study and series ids are looked up once per batch.
     """
-    cache_key = (model.__tablename__, *where.values())
-    if cache is not None and cache_key in cache:
-        return cache[cache_key], False
-    id_, created = _find_or_insert(session, model, where, values)
-    if cache is not None:
-        cache[cache_key] = id_
-    return id_, created
 
+    def __init__(
+        self, connection: Connection, settings: IngestSettings, sop_uids: Sequence[str]
+    ) -> None:
+        """``sop_uids``: the instances the batch will add, looked up here in one query."""
+        self.connection = connection
+        self.settings = settings
+        self.now = _now()
+        self._ids: dict[tuple[Any, ...], int] = {}
+        self._rows: list[dict[str, Any]] = []
+        self._series: dict[int, int] = {}
+        self._studies: dict[int, _StudyDelta] = {}
+        self._existing: dict[str, tuple[int | None, str]] = {}
+        self._added: set[str] = set()
+        for start in range(0, len(sop_uids), 500):
+            rows = self.connection.execute(
+                select(Instance.id, Instance.sop_uid, Instance.storage_key)
+                .where(Instance.sop_uid.in_(sop_uids[start : start + 500]))
+                .with_for_update()
+            )
+            for row in rows:
+                self._existing[row.sop_uid] = (row.id, row.storage_key)
 
-def _find_or_insert(
-    session: Connection, model: type, where: dict[str, Any], values: dict[str, Any]
-) -> tuple[int, bool]:
-    clause = [getattr(model, k) == v for k, v in where.items()]
-    found = session.scalar(select(model.id).where(*clause).with_for_update())
-    if found is not None:
-        return found, False
-    # A concurrent insert of the same key raises IntegrityError; Ingest retries.
-    new_id = session.scalar(insert(model).values(**where, **values).returning(model.id))
-    return new_id, True
-
-
-def write_index_rows(
-    session: Connection,
-    parsed: ParsedInstance,
-    received: Received,
-    key: str,
-    origin: Origin,
-    settings: IngestSettings,
-    cache: RowCache | None = None,
-) -> tuple[StoreStatus, str | None]:
-    ds = parsed.dataset
-    now = _now()
-    existing = session.execute(
-        select(Instance.id, Instance.storage_key, Instance.series_pk)
-        .where(Instance.sop_uid == parsed.sop_uid)
-        .with_for_update()
-    ).first()
-    old_key = None
-    status = StoreStatus.STORED
-    if existing is not None:
-        if settings.duplicate_policy is DuplicatePolicy.KEEP:
-            return StoreStatus.DUPLICATE, None
-        if settings.duplicate_policy is DuplicatePolicy.REJECT:
-            raise DuplicateInstance(f"SOP Instance {parsed.sop_uid} is stored already")
-        old_key = existing.storage_key
-        status = StoreStatus.REPLACED
-        remove_instances(session, [existing.id])
-        if cache is not None:
-            cache.clear()  # the removal may have deleted cached series, study or patient
-
-    patient_name = _text(ds.get("PatientName"))
-    patient_pk, _ = _get_or_create(
-        session,
-        Patient,
-        {
-            "patient_id": _text(ds.get("PatientID")),
-            "issuer": _text(ds.get("IssuerOfPatientID")),
-            "name_key": name_key(patient_name),
-        },
-        {
-            "name_words": name_words(patient_name),
-            "birth_date": parse_date(ds.get("PatientBirthDate")),
-            "sex": _text(ds.get("PatientSex"))[:16],
-            "attributes": dicomjson.dumps(parsed.level_json(Level.PATIENT)),
-        },
-        cache,
-    )
-    referring = _text(ds.get("ReferringPhysicianName"))
-    study_pk, _ = _get_or_create(
-        session,
-        Study,
-        {"study_uid": parsed.study_uid},
-        {
-            "patient_pk": patient_pk,
-            "study_date": parse_date(ds.get("StudyDate")),
-            "study_time": normalise_time(ds.get("StudyTime")),
-            "accession_number": _text(ds.get("AccessionNumber"))[:64],
-            "study_id": _text(ds.get("StudyID"))[:64],
-            "description": _text(ds.get("StudyDescription"))[:256],
-            "referring_name_key": name_key(referring),
-            "referring_name_words": name_words(referring),
-            "attributes": dicomjson.dumps(parsed.level_json(Level.STUDY)),
-            "created_at": now,
-            "updated_at": now,
-        },
-        cache,
-    )
-    request = ds.get("RequestAttributesSequence") or []
-    first_request = request[0] if len(request) else {}
-    modality = _text(ds.get("Modality"))[:16]
-    series_pk, new_series = _get_or_create(
-        session,
-        Series,
-        {"series_uid": parsed.series_uid},
-        {
-            "study_pk": study_pk,
-            "modality": modality,
-            "series_number": parse_int(ds.get("SeriesNumber")),
-            "description": _text(ds.get("SeriesDescription"))[:256],
-            "performed_date": parse_date(ds.get("PerformedProcedureStepStartDate")),
-            "performed_time": normalise_time(ds.get("PerformedProcedureStepStartTime")),
-            "scheduled_step_id": _text(first_request.get("ScheduledProcedureStepID"))[:64],
-            "requested_procedure_id": _text(first_request.get("RequestedProcedureID"))[:64],
-            "attributes": dicomjson.dumps(parsed.level_json(Level.SERIES)),
-        },
-        cache,
-    )
-    pixels = parsed.pixels
-    layout = None
-    if pixels is not None:
-        layout = dicomjson.dumps(
+    def add(
+        self, parsed: ParsedInstance, received: Received, key: str, origin: Origin
+    ) -> tuple[StoreStatus, str | None]:
+        """Index one instance; returns its status and the key of a copy it replaced."""
+        old_key = None
+        status = StoreStatus.STORED
+        if parsed.sop_uid in self._added or parsed.sop_uid in self._existing:
+            if self.settings.duplicate_policy is DuplicatePolicy.KEEP:
+                return StoreStatus.DUPLICATE, None
+            if self.settings.duplicate_policy is DuplicatePolicy.REJECT:
+                raise DuplicateInstance(f"SOP Instance {parsed.sop_uid} is stored already")
+            old_key = self._remove(parsed.sop_uid)
+            status = StoreStatus.REPLACED
+        self._added.add(parsed.sop_uid)
+        ds = parsed.dataset
+        series_pk, study_pk, new_series = self._parents(parsed)
+        self._series[series_pk] = self._series.get(series_pk, 0) + 1
+        study = self._studies.setdefault(study_pk, _StudyDelta())
+        study.instances += 1
+        study.sop_classes.add(parsed.sop_class_uid)
+        if new_series:
+            study.series += 1
+            study.modalities.add(_text(ds.get("Modality"))[:16])
+        self._rows.append(
             {
-                "tag": pixels.tag,
-                "vr": pixels.vr,
-                "offset": pixels.offset,
-                "length": pixels.length,
-                "frames": pixels.number_of_frames,
-                "frame_size": pixels.frame_size,
-                "fragments": pixels.fragments,
+                "sop_uid": parsed.sop_uid,
+                "series_pk": series_pk,
+                "study_pk": study_pk,
+                "sop_class_uid": parsed.sop_class_uid,
+                "instance_number": parse_int(ds.get("InstanceNumber")),
+                "transfer_syntax_uid": parsed.transfer_syntax_uid,
+                "number_of_frames": parsed.number_of_frames,
+                "storage_key": key,
+                "size": received.size,
+                "sha256": received.sha256,
+                "attributes": dicomjson.dumps(parsed.level_json(Level.IMAGE)),
+                "metadata_json": dicomjson.dumps(parsed.metadata),
+                "pixel_layout": _layout(parsed),
+                "bulk_ranges": dicomjson.dumps(parsed.bulk),
+                "origin_protocol": origin.protocol[:16],
+                "origin_ae": origin.ae_title[:64],
+                "origin_address": origin.address[:256],
+                "origin_user": origin.user[:256],
+                "received_at": self.now,
             }
         )
-    session.execute(
-        insert(Instance).values(
-            sop_uid=parsed.sop_uid,
-            series_pk=series_pk,
-            study_pk=study_pk,
-            sop_class_uid=parsed.sop_class_uid,
-            instance_number=parse_int(ds.get("InstanceNumber")),
-            transfer_syntax_uid=parsed.transfer_syntax_uid,
-            number_of_frames=parsed.number_of_frames,
-            storage_key=key,
-            size=received.size,
-            sha256=received.sha256,
-            attributes=dicomjson.dumps(parsed.level_json(Level.IMAGE)),
-            metadata_json=dicomjson.dumps(parsed.metadata),
-            pixel_layout=layout,
-            bulk_ranges=dicomjson.dumps(parsed.bulk),
-            origin_protocol=origin.protocol[:16],
-            origin_ae=origin.ae_title[:64],
-            origin_address=origin.address[:256],
-            origin_user=origin.user[:256],
-            received_at=now,
+        return status, old_key
+
+    def flush(self) -> None:
+        """Insert the pending instance rows and bring the aggregates up to date."""
+        if self._rows:
+            self.connection.execute(insert(Instance), self._rows)
+        for series_pk, count in self._series.items():
+            self.connection.execute(
+                update(Series)
+                .where(Series.id == series_pk)
+                .values(num_instances=Series.num_instances + count)
+            )
+        for study_pk, delta in self._studies.items():
+            current = self.connection.execute(
+                select(Study.modalities, Study.sop_classes).where(Study.id == study_pk)
+            ).one()
+            values: dict[str, Any] = {
+                "num_instances": Study.num_instances + delta.instances,
+                "updated_at": self.now,
+                "sop_classes": _add_to_set(current.sop_classes, delta.sop_classes),
+            }
+            if delta.series:
+                values["num_series"] = Study.num_series + delta.series
+                values["modalities"] = _add_to_set(current.modalities, delta.modalities)
+            self.connection.execute(update(Study).where(Study.id == study_pk).values(**values))
+        self._rows, self._series, self._studies = [], {}, {}
+
+    def _remove(self, sop_uid: str) -> str:
+        """Remove the indexed copy of ``sop_uid`` (policy "replace"); returns its key."""
+        self.flush()  # the copy may be one of this batch's own pending rows
+        row = self.connection.execute(
+            select(Instance.id, Instance.storage_key).where(Instance.sop_uid == sop_uid)
+        ).one()
+        remove_instances(self.connection, [row.id])
+        self._existing.pop(sop_uid, None)
+        self._added.discard(sop_uid)
+        self._ids.clear()  # the removal may have deleted a series, study or patient
+        return row.storage_key
+
+    def _parents(self, parsed: ParsedInstance) -> tuple[int, int, bool]:
+        """Ids of the instance's series and study (created if new), and whether the
+        series is new in this batch."""
+        ds = parsed.dataset
+        series_key = (Series.__tablename__, parsed.series_uid)
+        if series_key in self._ids:
+            return self._ids[series_key], self._ids[(Study.__tablename__, parsed.study_uid)], False
+        patient_name = _text(ds.get("PatientName"))
+        patient_pk, _ = self._find_or_insert(
+            Patient,
+            {
+                "patient_id": _text(ds.get("PatientID")),
+                "issuer": _text(ds.get("IssuerOfPatientID")),
+                "name_key": name_key(patient_name),
+            },
+            lambda: {
+                "name_words": name_words(patient_name),
+                "birth_date": parse_date(ds.get("PatientBirthDate")),
+                "sex": _text(ds.get("PatientSex"))[:16],
+                "attributes": dicomjson.dumps(parsed.level_json(Level.PATIENT)),
+            },
         )
-    )
-    session.execute(
-        update(Series).where(Series.id == series_pk).values(num_instances=Series.num_instances + 1)
-    )
-    study = session.execute(
-        select(Study.modalities, Study.sop_classes).where(Study.id == study_pk)
-    ).one()
-    values: dict[str, Any] = {
-        "num_instances": Study.num_instances + 1,
-        "updated_at": now,
-        "sop_classes": _add_to_set(study.sop_classes, parsed.sop_class_uid),
-    }
-    if new_series:
-        values["num_series"] = Study.num_series + 1
-        values["modalities"] = _add_to_set(study.modalities, modality)
-    session.execute(update(Study).where(Study.id == study_pk).values(**values))
-    return status, old_key
+        referring = _text(ds.get("ReferringPhysicianName"))
+        study_pk, _ = self._find_or_insert(
+            Study,
+            {"study_uid": parsed.study_uid},
+            lambda: {
+                "patient_pk": patient_pk,
+                "study_date": parse_date(ds.get("StudyDate")),
+                "study_time": normalise_time(ds.get("StudyTime")),
+                "accession_number": _text(ds.get("AccessionNumber"))[:64],
+                "study_id": _text(ds.get("StudyID"))[:64],
+                "description": _text(ds.get("StudyDescription"))[:256],
+                "referring_name_key": name_key(referring),
+                "referring_name_words": name_words(referring),
+                "attributes": dicomjson.dumps(parsed.level_json(Level.STUDY)),
+                "created_at": self.now,
+                "updated_at": self.now,
+            },
+        )
+        request = ds.get("RequestAttributesSequence") or []
+        first_request = request[0] if len(request) else {}
+        series_pk, new_series = self._find_or_insert(
+            Series,
+            {"series_uid": parsed.series_uid},
+            lambda: {
+                "study_pk": study_pk,
+                "modality": _text(ds.get("Modality"))[:16],
+                "series_number": parse_int(ds.get("SeriesNumber")),
+                "description": _text(ds.get("SeriesDescription"))[:256],
+                "performed_date": parse_date(ds.get("PerformedProcedureStepStartDate")),
+                "performed_time": normalise_time(ds.get("PerformedProcedureStepStartTime")),
+                "scheduled_step_id": _text(first_request.get("ScheduledProcedureStepID"))[:64],
+                "requested_procedure_id": _text(first_request.get("RequestedProcedureID"))[:64],
+                "attributes": dicomjson.dumps(parsed.level_json(Level.SERIES)),
+            },
+        )
+        return series_pk, study_pk, new_series
+
+    def _find_or_insert(
+        self, model: type, where: dict[str, Any], values: Callable[[], dict[str, Any]]
+    ) -> tuple[int, bool]:
+        """``(id, created)`` of the row matching ``where``, inserted if absent.
+
+        A concurrent insert of the same key raises IntegrityError; Ingest retries the
+        transaction, which then finds the other writer's row.
+        """
+        cache_key = (model.__tablename__, *where.values())
+        if cache_key in self._ids:
+            return self._ids[cache_key], False
+        clause = [getattr(model, k) == v for k, v in where.items()]
+        found = self.connection.scalar(select(model.id).where(*clause).with_for_update())
+        created = found is None
+        if created:
+            found = self.connection.scalar(
+                insert(model).values(**where, **values()).returning(model.id)
+            )
+        self._ids[cache_key] = found
+        return found, created
 
 
-def _add_to_set(joined: str, value: str) -> str:
-    members = set(filter(None, joined.split("\\")))
-    if value:
-        members.add(value)
+def _layout(parsed: ParsedInstance) -> str | None:
+    pixels = parsed.pixels
+    if pixels is None:
+        return None
+    return dicomjson.dumps(
+        {
+            "tag": pixels.tag,
+            "vr": pixels.vr,
+            "offset": pixels.offset,
+            "length": pixels.length,
+            "frames": pixels.number_of_frames,
+            "frame_size": pixels.frame_size,
+            "fragments": pixels.fragments,
+        }
+    )
+
+
+def _add_to_set(joined: str, values: set[str]) -> str:
+    members = set(filter(None, joined.split("\\"))) | set(filter(None, values))
     return "\\".join(sorted(members))
 
 

@@ -17,7 +17,7 @@ from sqlalchemy import select
 from .core import Archive
 from .errors import ArchiveError
 from .index import Instance
-from .ingest import Origin, StoreStatus, write_index_rows
+from .ingest import IndexWriter, Origin, StoreStatus
 from .parse import parse_instance
 from .storage import CHUNK, Received
 
@@ -108,9 +108,9 @@ def reindex(archive: Archive, progress: Progress = lambda n: None) -> ReindexRep
             parsed = parse_instance(path, settings.bulk_data_threshold)
             received = Received(path, path.stat().st_size, _sha256(path))
             with archive.writer_engine.begin() as connection:
-                status, _ = write_index_rows(
-                    connection, parsed, received, key, Origin("REINDEX", address=key), settings
-                )
+                writer = IndexWriter(connection, settings, [parsed.sop_uid])
+                status, _ = writer.add(parsed, received, key, Origin("REINDEX", address=key))
+                writer.flush()
         except ArchiveError as exc:
             report.rejected.append(f"{key}: {exc}")
             continue

@@ -1,8 +1,12 @@
 """Where instance files live: a folder now, object storage later, behind one protocol.
 
-Files are written to a private temporary folder first and moved to their final name only
-once complete and synced, so a reader (or a crash) never sees a partial instance.  Final
-names are derived from UIDs that :mod:`.uids` has validated, never from raw input.
+Files are written to a private temporary folder first and linked to their final name only
+once complete, so a reader (or a killed process) never sees a partial instance.  They are
+made durable by :meth:`Storage.sync`, which ingest calls for a whole batch just before the
+index commit that makes them visible: one fsync per file and one per folder for the batch,
+rather than a file and a folder fsync interleaved with the writes of each instance (which
+cost ~1.9 ms a 525 KB slice here, against ~0.35 ms batched).  Final names are derived from
+UIDs that :mod:`.uids` has validated, never from raw input.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Protocol
@@ -49,6 +53,10 @@ class Storage(Protocol):
 
     def commit(self, received: Received, key: str) -> None:
         """Raises FileExistsError when ``key`` is taken."""
+        ...
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """Make committed files durable; called before their index rows are committed."""
         ...
 
     def path(self, key: str) -> Path: ...
@@ -112,9 +120,6 @@ class FolderStorage:
                         raise InstanceTooLarge(f"instance exceeds the limit of {limit} bytes")
                     digest.update(chunk)
                     out.write(chunk)
-                out.flush()
-                if self.fsync:
-                    os.fsync(out.fileno())
         except BaseException as exc:
             path.unlink(missing_ok=True)
             if isinstance(exc, OSError) and (mapped := _out_of_resources(exc)):
@@ -126,7 +131,7 @@ class FolderStorage:
         received.path.unlink(missing_ok=True)
 
     def commit(self, received: Received, key: str) -> None:
-        """Give a received file its final name, atomically and durably.
+        """Give a received file its final name, atomically (durably only after :meth:`sync`).
 
         Never overwrites: raises :class:`FileExistsError` when ``key`` is taken, so two
         writers of one SOP Instance UID cannot clobber each other's file.
@@ -145,12 +150,37 @@ class FolderStorage:
                     raise FileExistsError(errno.EEXIST, "exists", str(target)) from exc
                 os.replace(received.path, target)
             received.path.unlink(missing_ok=True)
-            if self.fsync:
-                _fsync_dir(target.parent)
         except FileExistsError:
             raise
         except OSError as exc:
             received.path.unlink(missing_ok=True)
+            if mapped := _out_of_resources(exc):
+                raise mapped from exc
+            raise
+
+    def sync(self, keys: Iterable[str]) -> None:
+        """fsync the files at ``keys``, then each folder holding them and its parent.
+
+        The parent too, because the series folder may be new: its entry in the study
+        folder (and the study's in the root) must survive a power cut as well.  A power
+        cut before this leaves at worst an unindexed file under its final name, which
+        ``verify`` reports; the index never names a file that was not synced.
+        """
+        if not self.fsync:
+            return
+        folders: set[Path] = set()
+        try:
+            for key in keys:
+                path = self.path(key)
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                folders.update((path.parent, path.parent.parent))
+            for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+                _fsync_dir(folder)
+        except OSError as exc:
             if mapped := _out_of_resources(exc):
                 raise mapped from exc
             raise
