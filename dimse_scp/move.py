@@ -21,6 +21,7 @@ from pynetdicom.events import Event
 from dicomweb_server.archive import ArchiveError
 
 from . import datasets, retrieval, status
+from .requestor import responses_to_sender
 from .runtime import Runtime
 from .sockets import set_nodelay
 
@@ -30,7 +31,10 @@ MoveReply = tuple[Any, ...] | int | tuple[int | Dataset, Dataset | None]
 
 
 def _opened(event: Event, opened: list[Association]) -> None:
+    """The sub-association to the destination: no Nagle, and its C-STORE-RSPs go to the
+    sub-operation loop, never to its reactor thread (:mod:`.requestor`)."""
     set_nodelay(event)
+    responses_to_sender(event.assoc)
     opened.append(event.assoc)
 
 
@@ -47,7 +51,8 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
     if remote is None:
         log.warning(
             "C-MOVE to %r refused (0x%04X): not a key of dimse.remote_aes",
-            destination, status.MOVE_DESTINATION_UNKNOWN,
+            destination,
+            status.MOVE_DESTINATION_UNKNOWN,
         )
         yield None, None
         return
