@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydicom import dcmread
+from pydicom import config, dcmread
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
@@ -24,6 +24,13 @@ from .attributes import LEVEL_KEYS, Level, parse_int
 from .errors import ArchiveError, InvalidInstance, UnsupportedTransferSyntax
 from .frames import PixelLayout, scan_pixel_data
 from .uids import clean_uid
+
+# pydicom checks each value it decodes against its VR's rules and, by default, only
+# warns: a third of the time of parsing a CT header (0.6 of 1.7 ms) went into warnings
+# nobody reads.  Ingest checks what it relies on itself (UIDs, VRs, decodability), and
+# keeps malformed values as received (dicomjson._undecodable), so pydicom's checks are
+# turned off for the whole process.
+config.settings.reading_validation_mode = config.IGNORE
 
 STORABLE_TRANSFER_SYNTAXES = frozenset(AllTransferSyntaxes)
 _KNOWN_VRS = frozenset(vr.value for vr in VR)
