@@ -253,6 +253,14 @@ class AuthSettings(_Section):
 # -- deid: de-identification on ingest (PS3.15 Annex E); see archive/deid/ ---------------
 
 
+class DeidPixelRegionSettings(_Section):
+    #: Attribute keyword -> value an instance must have (all of them; compared as text),
+    #: e.g. {Manufacturer = "ACME", ManufacturerModelName = "Scope 9", Rows = 480}.
+    match: dict[str, str | int] = {}
+    #: Rectangles to blank, [column, row, width, height] in pixels from the top left.
+    regions: list[list[int]] = []
+
+
 class DeidProfileSettings(_Section):
     #: PS3.15 E.3 options, by name: clean_graphics, clean_structured_content,
     #: clean_descriptors, retain_longitudinal_full_dates, retain_longitudinal_modified_dates,
@@ -263,6 +271,10 @@ class DeidProfileSettings(_Section):
     #: E.3.10-1 (built in), as "CREATOR,gggg,ee" (ee: the element's last two hex digits,
     #: any block), e.g. "GEMS_PARM_01,0043,39".
     safe_private: list[str] = []
+    #: Clean Pixel Data Option (PS3.15 E.3.1): an instance that would be quarantined for
+    #: burned-in text and matches one of these device signatures has the regions blanked
+    #: (native pixel data only) and is published; others stay quarantined.
+    clean_pixel_data: list[DeidPixelRegionSettings] = []
 
 
 class DeidSettings(_Section):

@@ -354,3 +354,33 @@ def test_retain_safe_private_keeps_table_e_3_10_1_attributes_in_any_block() -> N
     plain.private_block(0x0043, "GEMS_PARM_01", create=True).add_new(0x27, "SH", "0.984:1")
     deidentify(plain, Profile("p", frozenset()), Pseudonyms(SECRET))
     assert not [e for e in plain if e.tag.group & 1]  # without the option: all removed
+
+
+def test_clean_pixel_data_planar_frames_and_bad_signatures() -> None:
+    import numpy as np
+
+    from dicomweb_server.archive.deid.pixels import Signature, plan
+    from dicomweb_server.archive.frames import PixelLayout
+
+    ds = _base()
+    ds.update({"Rows": 4, "Columns": 5, "SamplesPerPixel": 3, "BitsAllocated": 8})
+    ds.PlanarConfiguration = 1  # R plane, G plane, B plane
+    ds.PhotometricInterpretation = "RGB"
+    ds.Manufacturer = "ACME"
+    layout = PixelLayout(0x7FE00010, "OB", 0, 60, 1, frame_size=60)
+    signature = Signature((("Manufacturer", "ACME"),), ((1, 2, 2, 5),))  # clipped to the image
+    cleaner = plan((signature,), ds, layout, "1.2.840.10008.1.2.1")
+    assert cleaner is not None
+    frame = bytearray(range(1, 61))
+    cleaner.blank(frame)
+    planes = np.frombuffer(frame, dtype=np.uint8).reshape(3, 4, 5)
+    assert (planes[:, 2:, 1:3] == 0).all() and np.count_nonzero(planes) == 60 - 3 * 4
+    assert plan((signature,), ds, layout, "1.2.840.10008.1.2.5") is None  # RLE: not cleaned
+    ds.Manufacturer = "OTHER"
+    assert plan((signature,), ds, layout, "1.2.840.10008.1.2.1") is None
+    with pytest.raises(ValueError, match="keyword"):
+        Signature((("Manufactuer", "ACME"),), ((0, 0, 1, 1),))
+    with pytest.raises(ValueError, match="at least one attribute"):
+        Signature((), ((0, 0, 1, 1),))
+    with pytest.raises(ValueError, match="width"):
+        Signature((("Manufacturer", "ACME"),), ((0, 0, 0, 1),))

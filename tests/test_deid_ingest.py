@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -60,7 +61,21 @@ DEID: dict[str, Any] = {
     "secret": SECRET,
     "default_profile": "research",
     "profiles": {
-        "research": {"options": ["retain_longitudinal_modified_dates", "clean_descriptors"]},
+        "research": {
+            "options": ["retain_longitudinal_modified_dates", "clean_descriptors"],
+            "clean_pixel_data": [
+                {
+                    "match": {
+                        "Manufacturer": "ACME",
+                        "ManufacturerModelName": "Scope 9",
+                        "Rows": 64,
+                        "Columns": 48,
+                    },
+                    "regions": [[0, 0, 48, 8], [30, 50, 10, 10]],
+                },
+                {"match": {"ManufacturerModelName": "Big 1"}, "regions": [[0, 0, 100, 100]]},
+            ],
+        },
         "safe": {"options": ["retain_safe_private"], "safe_private": ["ACME 1.0,0029,10"]},
     },
     "sources": {"MODALITY1": "research", "RAW": "", "SAFEPRIV": "safe"},
@@ -418,3 +433,91 @@ def test_retain_safe_private_through_ingest(archive: Archive, syntax: str) -> No
     codes = [i.CodeValue for i in copy.DeidentificationMethodCodeSequence]
     assert codes == ["113100", "113111"]  # Retain Safe Private Option, CID 7050
     assert "Doe" not in to_bytes(copy).decode("latin-1")
+
+
+US_MULTIFRAME = "1.2.840.10008.5.1.4.1.1.3.1"
+SCOPE_9 = {"Manufacturer": "ACME", "ManufacturerModelName": "Scope 9", "Modality": "US"}
+
+
+def _dciodvfy_errors(path: Path) -> set[str]:
+    run = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, check=False)
+    return {line for line in (run.stdout + run.stderr).splitlines() if line.startswith("Error")}
+
+
+@pytest.mark.parametrize(("samples", "bits"), [(1, 16), (3, 8)])
+def test_clean_pixel_data_blanks_the_regions_of_a_known_device(
+    archive: Archive, dicomweb: Any, samples: int, bits: int
+) -> None:
+    """PS3.15 E.3.1 Clean Pixel Data: blanked over STOW-RS, checked over WADO-RS."""
+    ds = make_instance(
+        sop_class=US_MULTIFRAME,
+        rows=64,
+        columns=48,
+        frames=3,
+        samples=samples,
+        bits=bits,
+        seed=7,
+        **SCOPE_9,
+    )
+    ds.PixelData = (
+        np.frombuffer(ds.PixelData, dtype=ds.pixel_array.dtype) | 1
+    ).tobytes()  # no zeros
+    source = _path(ds, archive.settings)
+    original = ds.pixel_array.copy()
+    answer = dicomweb.store_instances([ds])
+    assert answer.ReferencedSOPSequence[0].WarningReason == 0xB000
+    p = Pseudonyms(SECRET)
+    copy = dicomweb.retrieve_instance(
+        p.uid(ds.StudyInstanceUID), p.uid(ds.SeriesInstanceUID), p.uid(ds.SOPInstanceUID)
+    )
+    assert quarantine.listing(archive) == []  # published, not held
+    assert copy.BurnedInAnnotation == "NO"
+    codes = [i.CodeValue for i in copy.DeidentificationMethodCodeSequence]
+    assert codes == ["113100", "113101", "113105", "113107"]
+    assert "Clean Pixel Data Option" in copy.DeidentificationMethod
+    pixels = copy.pixel_array
+    assert pixels.shape == original.shape
+    mask = np.zeros(original.shape[1:3], dtype=bool)  # rows x columns
+    mask[0:8, 0:48] = True
+    mask[50:60, 30:40] = True
+    assert (pixels[:, mask] == 0).all()
+    assert (pixels[:, ~mask] == original[:, ~mask]).all()
+    if shutil.which("dciodvfy") is not None:
+        stored = archive.path(archive.instances(copy.StudyInstanceUID)[0])
+        assert _dciodvfy_errors(stored) <= _dciodvfy_errors(source)
+
+
+def test_clean_pixel_data_leaves_compressed_or_unknown_instances_quarantined(
+    archive: Archive,
+) -> None:
+    compressed = make_instance(rows=64, columns=48, transfer_syntax=RLELossless, **SCOPE_9)
+    other = make_instance(rows=64, columns=48, Manufacturer="OTHER", Modality="US")
+    origin = Origin("DIMSE", ae_title="MODALITY1")
+    results = [archive.store(_path(ds, archive.settings), origin) for ds in (compressed, other)]
+    assert [r.status for r in results] == [StoreStatus.QUARANTINED] * 2
+    for held, ds in zip(quarantine.listing(archive), (compressed, other), strict=True):
+        copy = dcmread(held.path)
+        assert "BurnedInAnnotation" not in copy
+        assert "113101" not in [i.CodeValue for i in copy.DeidentificationMethodCodeSequence]
+        assert _pixel_bytes(copy) == _pixel_bytes(ds)
+
+
+def test_clean_pixel_data_holds_one_frame_at_a_time(archive: Archive) -> None:
+    ds = make_instance(
+        rows=2048, columns=2048, frames=4, Modality="US", ManufacturerModelName="Big 1"
+    )  # 32 MiB of Pixel Data, 8 MiB per frame
+    path = _path(ds, archive.settings)
+    last = ds.pixel_array[3].copy()
+    del ds
+    tracemalloc.start()
+    try:
+        result = archive.store(path, Origin("DIMSE", ae_title="MODALITY1"))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert result.status is StoreStatus.STORED
+    # One frame (8 MiB) plus the ~3 MiB of storing without cleaning; two would be ~19 MiB.
+    assert peak < 15 * 2**20, f"peak {peak / 2**20:.1f} MiB while cleaning 4 frames of 8 MiB"
+    pixels = dcmread(archive.path(archive.instances(result.study_uid)[0])).pixel_array
+    assert (pixels[:, :100, :100] == 0).all()
+    assert (pixels[3, 100:, :] == last[100:, :]).all()

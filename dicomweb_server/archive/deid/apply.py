@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 
+from .pixels import CLEAN_PIXEL_DATA_CODE
 from .profile import BASIC_PROFILE_CODE, STANDARD_EDITION, Action, Option, Profile
 from .pseudonyms import Pseudonyms
 
@@ -108,10 +109,13 @@ class Outcome:
     date_offset: dt.timedelta | None
 
 
-def deidentify(ds: Dataset, profile: Profile, pseudonyms: Pseudonyms) -> Outcome:
+def deidentify(
+    ds: Dataset, profile: Profile, pseudonyms: Pseudonyms, pixels_cleaned: bool = False
+) -> Outcome:
     """De-identify ``ds`` in place according to ``profile``.
 
-    Pixel Data must not be in ``ds`` (ingest reads headers only); the caller copies it.
+    Pixel Data must not be in ``ds`` (ingest reads headers only); the caller copies it,
+    or blanks regions of it and says so with ``pixels_cleaned`` (Clean Pixel Data Option).
     """
     identity = Identity.of(ds)
     offset = None
@@ -124,7 +128,7 @@ def deidentify(ds: Dataset, profile: Profile, pseudonyms: Pseudonyms) -> Outcome
         ds.PatientID = pseudonym
     if profile.action(_PATIENT_NAME) is not Action.KEEP:
         ds.PatientName = pseudonym
-    record_method(ds, profile)
+    record_method(ds, profile, pixels_cleaned)
     return Outcome(
         identity,
         pseudonym,
@@ -134,15 +138,23 @@ def deidentify(ds: Dataset, profile: Profile, pseudonyms: Pseudonyms) -> Outcome
     )
 
 
-def record_method(ds: Dataset, profile: Profile) -> None:
-    """Say what was done (PS3.15 E.1.1 and E.3.6; codes from CID 7050)."""
+def record_method(ds: Dataset, profile: Profile, pixels_cleaned: bool = False) -> None:
+    """Say what was done (PS3.15 E.1.1 and E.3.6; codes from CID 7050).
+
+    With ``pixels_cleaned`` (PS3.15 E.3.1), the Clean Pixel Data Option is recorded and
+    Burned In Annotation (0028,0301) becomes NO: the known regions of text were blanked.
+    """
     ds.PatientIdentityRemoved = "YES"
-    options = sorted(profile.options, key=lambda o: o.code[0])
+    codes = sorted(
+        [o.code for o in profile.options] + ([CLEAN_PIXEL_DATA_CODE] if pixels_cleaned else [])
+    )
     ds.DeidentificationMethod = [
         f"DICOM PS3.15 {STANDARD_EDITION} Annex E {BASIC_PROFILE_CODE[1]}"[:64]
-    ] + [o.code[1][:64] for o in options]
+    ] + [meaning[:64] for _value, meaning in codes]
+    if pixels_cleaned:
+        ds.BurnedInAnnotation = "NO"
     items = []
-    for value, meaning in [BASIC_PROFILE_CODE] + [o.code for o in options]:
+    for value, meaning in [BASIC_PROFILE_CODE, *codes]:
         item = Dataset()
         item.CodeValue = value
         item.CodingSchemeDesignator = "DCM"

@@ -17,8 +17,9 @@ from sqlalchemy.engine import Engine
 from ...config import DeidSettings
 from ..parse import ParsedInstance, parse_instance
 from ..storage import Received, Storage
-from . import crosswalk, quarantine
+from . import crosswalk, pixels, quarantine
 from .apply import Outcome, deidentify
+from .pixels import Signature
 from .profile import CompoundPolicy, Option, Profile
 from .pseudonyms import Pseudonyms
 from .rewrite import rewrite
@@ -52,7 +53,17 @@ def build_profiles(settings: DeidSettings) -> dict[str, Profile]:
         dates = {Option.RETAIN_LONGITUDINAL_FULL_DATES, Option.RETAIN_LONGITUDINAL_MODIFIED_DATES}
         if dates <= options:
             raise ValueError(f"deid.profiles.{name}: choose full or modified dates, not both")
-        profiles[name] = Profile(name, options, compound, frozenset(safe))
+        try:
+            signatures = tuple(
+                Signature(
+                    tuple((k, str(v)) for k, v in entry.match.items()),
+                    tuple(tuple(r) for r in entry.regions),  # type: ignore[misc]
+                )
+                for entry in section.clean_pixel_data
+            )
+        except ValueError as exc:
+            raise ValueError(f"deid.profiles.{name}.clean_pixel_data: {exc}") from exc
+        profiles[name] = Profile(name, options, compound, frozenset(safe), signatures)
     for source, name in [("default_profile", settings.default_profile), *settings.sources.items()]:
         if name and name not in profiles:
             raise ValueError(f"deid: {source} names profile {name!r}, not in [deid.profiles]")
@@ -116,10 +127,19 @@ class Deidentifier:
         if profile is None:
             return Applied(received, parsed)
         reason = quarantine.reason_to_hold(parsed.dataset, self.settings)
+        cleaner = None
+        if reason is not None and profile.clean_pixel_data:
+            # Clean Pixel Data Option (PS3.15 E.3.1), judged on the original header.
+            cleaner = pixels.plan(
+                profile.clean_pixel_data,
+                parsed.dataset,
+                parsed.pixels,
+                parsed.transfer_syntax_uid,
+            )
         outcome: list[Outcome] = []
 
         def transform(ds):  # type: ignore[no-untyped-def]
-            outcome.append(deidentify(ds, profile, self.pseudonyms))
+            outcome.append(deidentify(ds, profile, self.pseudonyms, cleaner is not None))
 
         new = cast(
             Received,
@@ -130,6 +150,7 @@ class Deidentifier:
                 parsed.transfer_syntax_uid,
                 transform,
                 self.storage.receive,
+                cleaner,
             ),
         )
         try:
@@ -147,7 +168,11 @@ class Deidentifier:
             f"de-identified on ingest (PS3.15 Annex E, profile {profile.name}): identifying "
             f"attributes and UIDs were replaced; stored as {new_parsed.sop_uid}"
         )
-        if reason is not None:
+        if cleaner is not None:
+            new_parsed.warnings.append(
+                f"burned-in text regions blanked (Clean Pixel Data Option): {reason}"
+            )
+        elif reason is not None:
             quarantine.hold(self.writer, self.data_dir, new, new_parsed, origin, reason)
             log.info("quarantined %s: %s", new_parsed.sop_uid, reason)
             return Applied(new, new_parsed, quarantined=True)

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 from . import _iod_types, _safe_private
 from ._table import ROWS, SOURCE, STANDARD_EDITION
+from .pixels import Signature
 
 __all__ = [
     "SOURCE",
@@ -228,6 +229,8 @@ class Profile:
     #: Private attributes kept by the Retain Safe Private option, as
     #: ``(private creator, group, element offset)``: ``("GEMS_PARM_01", 0x0043, 0x39)``.
     safe_private: frozenset[tuple[str, int, int]] = frozenset()
+    #: Clean Pixel Data Option (PS3.15 E.3.1): regions to blank per device signature.
+    clean_pixel_data: tuple[Signature, ...] = ()
 
     def action(self, tag: int, sop_class: str | None = None) -> Action | None:
         """The action on ``tag``; ``sop_class`` is given for top-level attributes only,

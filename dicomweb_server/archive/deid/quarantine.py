@@ -2,8 +2,9 @@
 
 Table E.1-1 cleans the header only; text burned into pixels (ultrasound, secondary
 capture, anything flagged Burned In Annotation YES, PS3.3 C.7.6.1.1.7) needs the Clean
-Pixel Data option (PS3.15 E.3.1), which this archive does not perform.  Such instances are
-therefore kept under ``<data_dir>/quarantine`` with a ``deid_quarantine`` row, out of
+Pixel Data option (PS3.15 E.3.1), which this archive performs only for configured device
+signatures (:mod:`.pixels`).  Other such instances are therefore kept under
+``<data_dir>/quarantine`` with a ``deid_quarantine`` row, out of
 every query and retrieval, until an admin releases them into the archive or rejects them.
 """
 

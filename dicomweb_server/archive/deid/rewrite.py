@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -23,6 +23,7 @@ from pydicom.uid import DeflatedExplicitVRLittleEndian
 
 from ..frames import PixelLayout
 from ..storage import CHUNK
+from .pixels import Cleaner
 
 _ITEM = 0xFFFEE000
 _SEQ_END = 0xFFFEE0DD
@@ -87,6 +88,44 @@ class _Joined(io.RawIOBase):
         super().close()
 
 
+class _Chunks(io.RawIOBase):
+    """A read-only stream over an iterator of byte strings (one frame at a time)."""
+
+    def __init__(self, chunks: Iterator[bytes | bytearray]) -> None:
+        self._chunks = chunks
+        self._current = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        while not self._current:
+            self._current = memoryview(b"")  # let go of the chunk read before
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._current = memoryview(chunk)
+        n = min(len(buffer), len(self._current))
+        buffer[:n] = self._current[:n]
+        self._current = self._current[n:]
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()  # a generator: closes the source file it holds open
+        super().close()
+
+
+def _cleaned(header: bytes, source: Path, start: int, cleaner: Cleaner) -> Iterator[bytes]:
+    """The new header, the Pixel Data element's own header, then the cleaned frames."""
+    yield header
+    with open(source, "rb") as fp:
+        fp.seek(start)
+        yield fp.read(cleaner.layout.offset - start)
+        yield from cleaner.frames(fp)
+
+
 def encode_header(meta: FileMetaDataset, ds: Dataset) -> bytes:
     """Part 10 preamble, File Meta Information and ``ds`` (no pixel data), encoded."""
     out = io.BytesIO()
@@ -114,12 +153,17 @@ def rewrite(
     transfer_syntax: str,
     transform: Callable[[Dataset], None],
     receive: Callable[[BinaryIO], object],
+    cleaner: Cleaner | None = None,
 ) -> object:
     """Apply ``transform`` to the header and hand the new file to ``receive`` as a stream.
 
     ``header`` is the dataset as parsed without pixels; ``receive`` is typically
-    ``Storage.receive``, which writes, hashes and syncs the stream.
+    ``Storage.receive``, which writes, hashes and syncs the stream.  With ``cleaner``
+    (native Pixel Data only, see :func:`.pixels.plan`), the frames are blanked on the way,
+    one at a time.
     """
+    if transfer_syntax == DeflatedExplicitVRLittleEndian and cleaner is not None:
+        raise ValueError("pixel cleaning needs native (not deflated) Pixel Data")
     if transfer_syntax == DeflatedExplicitVRLittleEndian:
         full = dcmread(source)
         transform(full)
@@ -135,5 +179,8 @@ def rewrite(
         with open(source, "rb") as fp:
             implicit = header.file_meta.TransferSyntaxUID.is_implicit_VR
             start, end = pixel_element_range(fp, pixels, implicit)
+    if cleaner is not None and pixels is not None:
+        with _Chunks(_cleaned(encoded, source, start, cleaner)) as chunks:
+            return receive(io.BufferedReader(chunks, CHUNK))
     with _Joined(encoded, source, start, end) as stream:
         return receive(io.BufferedReader(stream, CHUNK))
