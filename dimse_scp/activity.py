@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING
 
 from dicomweb_server import logs, metrics
 
+from .trail import Operation, StudyStores
+
 if TYPE_CHECKING:
     from pynetdicom.association import Association
 
@@ -38,6 +40,10 @@ class AssociationStats:
     store_failed: int = 0
     sent: int = 0
     association_id: str = field(default_factory=lambda: uuid.uuid4().hex)
+    #: C-STORE outcomes per study, for the audit trail (:mod:`.trail`).
+    stores: dict[str, StudyStores] = field(default_factory=dict)
+    #: C-FIND/C-MOVE/C-GET awaiting their final response, by Message ID.
+    under_way: dict[int, Operation] = field(default_factory=dict)
 
 
 class Activity:
@@ -62,12 +68,13 @@ class Activity:
             found = self._open.get(id(assoc))
         return found if found is not None else AssociationStats(address="")
 
-    def closed(self, assoc: Association) -> None:
-        """Log the association's one summary line and forget it."""
+    def closed(self, assoc: Association) -> AssociationStats | None:
+        """Log the association's one summary line, forget it and return its counters
+        (``None`` if it was not known)."""
         with self._lock:
             stats = self._open.pop(id(assoc), None)
         if stats is None:
-            return
+            return None
         metrics.association_closed()
         requestor = assoc.requestor
         log.info(
@@ -85,6 +92,7 @@ class Activity:
                 "association_id": stats.association_id,
             },
         )
+        return stats
 
 
 def _outcome(assoc: Association) -> str:

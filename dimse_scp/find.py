@@ -13,8 +13,9 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from dicomweb_server.archive import ArchiveError
+from dicomweb_server.archive.audit import Action
 
-from . import datasets, status
+from . import datasets, status, trail
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,6 +31,7 @@ def handle_find(event: Event, runtime: Runtime) -> Iterator[FindReply]:
     read, C000 for anything else the archive cannot process.
     """
     runtime.activity.stats(event.assoc).operations["C-FIND"] += 1
+    trail.begin(event, runtime, Action.SEARCH)
     try:
         identifier = event.identifier
         model = datasets.model_of(event.request.AffectedSOPClassUID)

@@ -16,8 +16,9 @@ from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
 from dicomweb_server.archive import ArchiveError
+from dicomweb_server.archive.audit import Action
 
-from . import datasets, retrieval, status
+from . import datasets, retrieval, status, trail
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -34,6 +35,7 @@ def handle_get(event: Event, runtime: Runtime) -> Iterator[GetReply]:
     """
     stats = runtime.activity.stats(event.assoc)
     stats.operations["C-GET"] += 1
+    trail.begin(event, runtime, Action.RETRIEVE)
     try:
         model = datasets.model_of(event.request.AffectedSOPClassUID)
         instances = retrieval.resolve(runtime.archive, event.identifier, model)
@@ -43,8 +45,9 @@ def handle_get(event: Event, runtime: Runtime) -> Iterator[GetReply]:
         yield 1
         yield reply.dataset(), None
         return
+    trail.resolved(event, runtime, instances)
     yield len(instances)
     accepted = retrieval.accepted_syntaxes(event.assoc)
-    yield from retrieval.sub_operations(event, runtime.archive, instances, accepted, stats)
+    yield from retrieval.sub_operations(event, runtime, instances, accepted, stats)
     # Exhausting the generator lets pynetdicom send the final status from its counts:
     # Success, Warning B000 when some sub-operations failed, A702 when all did.

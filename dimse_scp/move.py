@@ -19,8 +19,9 @@ from pynetdicom.association import Association
 from pynetdicom.events import Event
 
 from dicomweb_server.archive import ArchiveError
+from dicomweb_server.archive.audit import Action
 
-from . import datasets, retrieval, status
+from . import datasets, retrieval, status, trail
 from .requestor import responses_to_sender
 from .runtime import Runtime
 from .sockets import set_nodelay
@@ -47,6 +48,7 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
     stats = runtime.activity.stats(event.assoc)
     stats.operations["C-MOVE"] += 1
     destination = (event.move_destination or "").strip()
+    trail.begin(event, runtime, Action.RETRIEVE, destination or "(none)")
     remote = runtime.settings.dimse.remote_aes.get(destination)
     if remote is None:
         log.warning(
@@ -73,12 +75,13 @@ def handle_move(event: Event, runtime: Runtime) -> Iterator[MoveReply]:
         yield 1
         yield reply.dataset(), None
         return
+    trail.resolved(event, runtime, instances)
     options["contexts"] = retrieval.contexts_for(instances)
     yield remote.host, remote.port, options
     yield len(instances)
     # pynetdicom has now associated with the destination (it does so only when there
     # is something to send); its negotiated contexts decide each instance's encoding.
     accepted = retrieval.accepted_syntaxes(opened[-1]) if opened else {}
-    yield from retrieval.sub_operations(event, runtime.archive, instances, accepted, stats)
+    yield from retrieval.sub_operations(event, runtime, instances, accepted, stats)
     # Exhausting the generator lets pynetdicom send the final status from its counts:
     # Success, Warning B000 when some sub-operations failed, A702 when all did.

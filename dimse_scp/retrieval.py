@@ -34,8 +34,9 @@ from dicomweb_server.archive import (
 from dicomweb_server.archive.attributes import json_key
 from dicomweb_server.archive.uids import clean_uid
 
-from . import datasets, status
+from . import datasets, status, trail
 from .activity import AssociationStats
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +218,7 @@ def load(archive: Archive, instance: StoredInstance, accepted: Mapping[str, set[
 
 def sub_operations(
     event: Event,
-    archive: Archive,
+    runtime: Runtime,
     instances: Iterable[StoredInstance],
     accepted: Mapping[str, set[str]],
     stats: AssociationStats,
@@ -228,6 +229,7 @@ def sub_operations(
         if event.is_cancelled:
             yield status.CANCEL, None
             return
-        yield status.PENDING, load(archive, instance, accepted)
+        trail.sending(event, runtime, instance)
+        yield status.PENDING, load(runtime.archive, instance, accepted)
         stats.sent += 1
         metrics.instance_sent("DIMSE")

@@ -41,7 +41,7 @@ from dicomweb_server import metrics
 from dicomweb_server.archive import Archive
 from dicomweb_server.config import DimseSettings, Settings
 
-from . import datasets
+from . import datasets, trail
 from .echo import handle_echo
 from .find import handle_find
 from .get import handle_get
@@ -168,11 +168,15 @@ def _requested(event: Event, runtime: Runtime) -> None:
 
 
 def _closed(event: Event, runtime: Runtime) -> None:
-    runtime.activity.closed(event.assoc)
+    stats = runtime.activity.closed(event.assoc)
+    if stats is not None:
+        trail.association_ended(runtime, event.assoc, stats)
 
 
-def _sent(event: Event) -> None:
-    """Count each final response we send (C_STORE_RSP -> "C-STORE"); not pending ones."""
+def _sent(event: Event, runtime: Runtime) -> None:
+    """Count each final response we send (C_STORE_RSP -> "C-STORE"); not pending ones.
+    C-FIND/C-MOVE/C-GET responses also feed the audit trail (:mod:`.trail`)."""
+    trail.response_sent(event, runtime)
     name = type(event.message).__name__
     if name.endswith("_RSP"):
         status = getattr(event.message.command_set, "Status", None)
@@ -187,7 +191,7 @@ def handlers(runtime: Runtime) -> list[tuple[Any, Callable[..., Any], list[Any]]
         (evt.EVT_REQUESTED, _requested, [runtime]),
         (evt.EVT_REQUESTED, _check_peer, [runtime.settings.dimse]),
         (evt.EVT_CONN_CLOSE, _closed, [runtime]),
-        (evt.EVT_DIMSE_SENT, _sent, []),
+        (evt.EVT_DIMSE_SENT, _sent, [runtime]),
         (evt.EVT_C_ECHO, handle_echo, [runtime]),
         (evt.EVT_C_STORE, handle_store, [runtime]),
         (evt.EVT_C_FIND, handle_find, [runtime]),
@@ -253,6 +257,8 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
     configure_pynetdicom()
     dimse = settings.dimse
     runtime = Runtime(archive, settings)
+    if settings.auth.audit:
+        archive.audit_writer()  # started here, once, not by two associations at a time
     ae = build_ae(dimse)
     server = ae.make_server(
         (dimse.host, dimse.port),

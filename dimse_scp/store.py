@@ -15,9 +15,9 @@ import logging
 from pydicom.dataset import Dataset
 from pynetdicom.events import Event
 
-from dicomweb_server.archive import ArchiveError, Origin
+from dicomweb_server.archive import ArchiveError, Origin, StoreResult
 
-from . import status
+from . import status, trail
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -55,16 +55,23 @@ def handle_store(event: Event, runtime: Runtime) -> int | Dataset:
             failure.status,
             exc,
         )
+        trail.stored(stats, "", failure.status)
         return failure.dataset()
     stats.stored += 1
+    warning = _warning(result, str(request.AffectedSOPClassUID or "").rstrip("\0 "))
+    trail.stored(stats, result.study_uid, warning.status if warning else status.SUCCESS)
+    return warning.dataset() if warning else status.SUCCESS
+
+
+def _warning(result: StoreResult, requested_class: str) -> status.Reply | None:
+    """The warning a stored instance is answered with, if any (PS3.4 Table B.2-1)."""
     if result.coerced:
         return status.Reply(
             status.STORE_WARNING_COERCION, f"stored de-identified as {result.sop_uid}"
-        ).dataset()
-    requested_class = str(request.AffectedSOPClassUID or "").rstrip("\0 ")
+        )
     if requested_class and requested_class != result.sop_class_uid:
         return status.Reply(
             status.STORE_WARNING_NOT_MATCHING_SOP_CLASS,
             f"stored as SOP Class {result.sop_class_uid}",
-        ).dataset()
-    return status.SUCCESS
+        )
+    return None

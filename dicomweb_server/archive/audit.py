@@ -71,7 +71,11 @@ class Entry:
         HTTP method, or DIMSE command (``"C-STORE"``, ``"C-FIND"``, ``"C-MOVE"``, ``"C-GET"``).
     path
         HTTP path with query string, or for DIMSE the calling AE title (and the move
-        destination, e.g. ``"CT1 -> PACS"``).
+        destination, e.g. ``"CT1 -> PACS"``) followed, in the same query string form,
+        by the Query/Retrieve Level and match keys of a C-FIND/C-MOVE/C-GET and the
+        sub-operation counts of a retrieve (``"CT1 -> PACS?QueryRetrieveLevel=STUDY&"
+        "StudyInstanceUID=1.2.3&completed=12&failed=0&warning=0"``), or the failures of
+        a C-STORE association (``"CT1?failed=2"``).
     study_uid
         Study Instance UID the request named, ``""`` when none.
     address
@@ -111,6 +115,7 @@ class Entry:
         }
 
 
+# fmt: off
 #: Query parameters whose values the audit *log* keeps: paging and return keys, UIDs,
 #: modality and rendering options, none of which identifies a patient.  Every other value
 #: (PatientName, PatientID, 00100010, AccessionNumber, dates...) is logged as
@@ -123,8 +128,11 @@ LOGGED_QUERY_VALUES = frozenset(
         "studyinstanceuid", "seriesinstanceuid", "sopinstanceuid", "sopclassuid",
         "modality", "modalitiesinstudy",
         "0020000d", "0020000e", "00080018", "00080016", "00080060", "00080061",
+        # DIMSE paths (dimse_scp/trail.py): the level and the sub-operation counts.
+        "queryretrievelevel", "completed", "failed", "warning",
     }
 )
+# fmt: on
 REDACTED = "(redacted)"
 
 
