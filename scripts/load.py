@@ -10,8 +10,15 @@ The script starts the archive itself on 127.0.0.1 and free ports, over a fresh f
 Clients run for ``--seconds``; then every instance acknowledged as stored (STOW-RS 200,
 C-STORE 0000) is checked: present in the index (QIDO-RS) and retrievable (WADO-RS) with
 identical bytes (STOW-RS: the file as sent; C-STORE: the data set as sent, since the
-SCP writes its own File Meta Information).  Prints requests, errors, instances lost and
-latency percentiles per operation; exits 1 on any error or loss.
+SCP writes its own File Meta Information), and the audit trail (``/admin/audit``) must
+count every acknowledged C-STORE, in one row per association and study.  Prints
+requests, errors, instances lost and latency percentiles per operation; exits 1 on any
+error, loss or miscount.
+
+When an operation has waited ``--stall`` seconds (default 10), the stacks of every
+server process (``py-spy dump``) and of the clients are appended to ``--stall-log``,
+with the SCUs' pynetdicom warnings: that is how the 30 s C-STORE stall was explained
+(``dimse_scp/requestor.py``).
 
     .venv/bin/python scripts/load.py --seconds 60
     .venv/bin/python scripts/load.py --seconds 60 --workers 4 \\
@@ -441,6 +448,30 @@ def watchdog(server: Server, stats: Stats, stop: threading.Event, stall: float, 
         seen.update((k, v[1]) for k, v in stalled)
 
 
+def audited_c_stores(root: str, expected: int) -> tuple[int, int]:
+    """(rows, instances) of this script's C-STORE rows in the audit trail (one row per
+    association and study), read through ``/admin/audit``; the DIMSE process writes
+    them within a second of each association's end, so a short wait is allowed for
+    them to reach ``expected`` instances."""
+    deadline = time.monotonic() + 15
+    while True:
+        rows, offset = [], 0
+        while True:
+            page = requests.get(
+                root + "/admin/audit",
+                params={"user": AET, "action": "store", "limit": "1000", "offset": str(offset)},
+                timeout=60,
+            ).json()["events"]
+            rows += page
+            offset += len(page)
+            if len(page) < 1000:
+                break
+        instances = sum(row["instances"] or 0 for row in rows if row["method"] == "C-STORE")
+        if instances >= expected or time.monotonic() > deadline:
+            return len(rows), instances
+        time.sleep(0.5)
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000 if ordered else 0.0
@@ -463,11 +494,14 @@ def main(argv: list[str] | None = None) -> int:
         help="record server and client stacks when an operation waits this long",
     )
     parser.add_argument(
-        "--stall-log", type=Path, default=Path("load-stalls.txt"), help="where those stacks go"
+        "--stall-log",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "load-stalls.txt",
+        help="where those stacks go (created only if there is something to write)",
     )
     args = parser.parse_args(argv)
     # pynetdicom's own warnings in this process (the SCUs) go to the stall log too.
-    client_log = logging.FileHandler(args.stall_log)
+    client_log = logging.FileHandler(args.stall_log, delay=True)
     client_log.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(message)s"))
     logging.getLogger("pynetdicom").addHandler(client_log)
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
@@ -512,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                 client.join(120)
             elapsed = time.monotonic() - start
             acknowledged, lost = verify(server.url, stats)
+            c_stored = sum(1 for s in stats.acknowledged if s.protocol == "C-STORE")
+            audit_rows, audited = audited_c_stores(server.url.rsplit("/", 1)[0], c_stored)
         finally:
             stop_watch.set()
             server.stop()
@@ -537,6 +573,10 @@ def main(argv: list[str] | None = None) -> int:
             )
         by_protocol = collections.Counter(s.protocol for s in stats.acknowledged)
         print(f"instances acknowledged: {acknowledged} ({dict(by_protocol)}); lost: {len(lost)}")
+        print(
+            f"audit trail: {audit_rows} C-STORE rows (one per association and study) "
+            f"for {audited} instances; {c_stored} acknowledged"
+        )
         for op, example in stats.examples.items():
             print(f"first {op} error: {example}")
         for (op, kind), count in sorted(stats.kinds.items()):
@@ -546,7 +586,7 @@ def main(argv: list[str] | None = None) -> int:
         errors = sum(stats.errors.values())
         if errors or lost:
             print("server log tail:\n" + "".join(log.read_text(errors="replace")[-3000:]))
-        return 1 if errors or lost or not acknowledged else 0
+        return 1 if errors or lost or not acknowledged or audited != c_stored else 0
 
 
 if __name__ == "__main__":
