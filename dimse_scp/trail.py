@@ -103,7 +103,9 @@ class Operation:
     delivered: Counter[str] = field(default_factory=Counter)
     #: C-MOVE/C-GET: completed + warning sub-operations counted so far.
     done: int = 0
+    #: C-MOVE/C-GET: the latest sub-operation counts, as query parameters for the path.
     counts: str = ""
+    #: The status of the latest response sent (the final one once the operation ends).
     last_status: int = status.PENDING
 
 
