@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import struct
 from typing import Any
 
 from pydicom.datadict import dictionary_VR
@@ -34,7 +35,11 @@ def instance_uri(study_uid: str, series_uid: str, sop_uid: str) -> str:
 
 
 def to_json(
-    dataset: Dataset, uri: str, threshold: int, offsets_valid: bool = True
+    dataset: Dataset,
+    uri: str,
+    threshold: int,
+    offsets_valid: bool = True,
+    decoded: set[int] | None = None,
 ) -> tuple[dict[str, Any], Bulk]:
     """Convert ``dataset`` (read with deferred large values) to the DICOM JSON model.
 
@@ -43,13 +48,22 @@ def to_json(
     (``"00540016/0/00181072"``); ``uri`` is the instance URI they hang under.
     ``offsets_valid`` is false for deflated files, whose element positions are in the
     inflated stream: the ranges then cannot be recorded and serving must parse.
+    ``decoded`` collects the top-level tags whose values were decoded from their bytes
+    here (see :func:`_plain_value`): pydicom would decode them without error too.
     """
     bulk: Bulk = {}
-    return _convert(dataset, uri + "/bulkdata/", "", threshold, bulk, offsets_valid), bulk
+    out = _convert(dataset, uri + "/bulkdata/", "", threshold, bulk, offsets_valid, decoded)
+    return out, bulk
 
 
 def _convert(
-    dataset: Dataset, uri: str, prefix: str, threshold: int, bulk: Bulk, offsets_valid: bool
+    dataset: Dataset,
+    uri: str,
+    prefix: str,
+    threshold: int,
+    bulk: Bulk,
+    offsets_valid: bool,
+    decoded: set[int] | None = None,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for tag in dataset.keys():  # noqa: SIM118 (iterating a Dataset would decode every element)
@@ -57,6 +71,13 @@ def _convert(
         raw = dataset.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement):
             vr = raw.VR or _implicit_vr(tag)
+            if type(raw.value) is bytes and (raw.VR or _unambiguous(tag)):
+                value = _plain_value(vr, raw.value, raw.is_little_endian)
+                if value is not None:
+                    out[key] = {"vr": vr, "Value": value} if value else {"vr": vr}
+                    if decoded is not None:
+                        decoded.add(tag)
+                    continue
             deferred = raw.value is None and raw.length not in (0, 0xFFFFFFFF)
             if vr in BULK_VRS and (deferred or raw.length > threshold) and raw.length != 0xFFFFFFFF:
                 path = prefix + key
@@ -84,6 +105,66 @@ def _convert(
         except Exception:
             out[key] = _undecodable(raw)
     return out
+
+
+#: Text VRs whose values do not depend on the Specific Character Set, and how pydicom
+#: (``pydicom.values.converters``) cleans them: AE and UI strip each value; the others
+#: drop trailing spaces and NULs of the whole element only.
+_PLAIN_TEXT = frozenset({"AE", "AS", "CS", "DA", "DT", "TM", "UI"})
+#: Binary numbers: VR -> struct format character.
+_NUMBERS = {"US": "H", "SS": "h", "UL": "L", "SL": "l", "UV": "Q", "SV": "q", "FL": "f", "FD": "d"}
+
+
+def _plain_value(vr: str, data: bytes, little_endian: bool) -> list[Any] | None:
+    """The JSON ``Value`` of an element straight from its bytes, as pydicom would give it.
+
+    Covers the VRs that make up most of an image header (numbers, UIDs, codes, dates,
+    times) and whose decoding needs no character set, without building pydicom's
+    DataElement: two thirds of the cost of converting a CT header.  Returns ``[]`` for
+    an empty value, ``None`` where pydicom must decide (other VRs, text with characters
+    other than printable ASCII before its padding, a number that does not parse, a
+    length that is not a multiple of the value size); tests/test_dicomjson.py holds the
+    two conversions equal.
+    """
+    if not data:
+        return []
+    if vr in _NUMBERS:
+        char = _NUMBERS[vr]
+        size = struct.calcsize("<" + char)  # standard sizes, not the platform's
+        if len(data) % size:
+            return None
+        order = "<" if little_endian else ">"
+        numbers = list(struct.unpack(f"{order}{len(data) // size}{char}", data))
+        if vr in ("FL", "FD") and not all(map(math.isfinite, numbers)):
+            return None
+        return numbers
+    if not data.isascii():
+        return None
+    text = data.decode("ascii")
+    if not text.rstrip(" \0").isprintable():  # control characters: pydicom's judgement
+        return None
+    if vr in _PLAIN_TEXT:
+        if vr == "AE":
+            values = [v.strip() for v in text.split("\\")]
+        elif vr == "UI":  # pydicom's UID strips each value
+            values = [v.strip() for v in text.rstrip(" \0").split("\\")]
+        else:
+            values = text.rstrip(" \0").split("\\")
+        return [] if values == [""] else values
+    if vr == "DS" or vr == "IS":
+        values = (text.strip() if vr == "DS" else text).rstrip(" \0").split("\\")
+        if values == [""]:
+            return []
+        try:
+            numbers = [float(v) if vr == "DS" else int(v) for v in values]
+        except ValueError:
+            return None
+        if not all(v.strip() for v in values) or any(
+            isinstance(n, float) and not math.isfinite(n) for n in numbers
+        ):
+            return None
+        return numbers
+    return None
 
 
 #: VRs whose values are text, kept as strings when they are not what their VR says.
@@ -117,6 +198,15 @@ def _finite(entry: dict[str, Any]) -> dict[str, Any]:
             str(v) if isinstance(v, float) and not math.isfinite(v) else v for v in values
         ]
     return entry
+
+
+def _unambiguous(tag: int) -> bool:
+    """Whether the data dictionary gives ``tag`` (in an implicit VR data set) one VR; an
+    ambiguous one ("US or SS") depends on other attributes, which pydicom resolves."""
+    try:
+        return " " not in dictionary_VR(Tag(tag))
+    except KeyError:
+        return False
 
 
 def _implicit_vr(tag: int) -> str:

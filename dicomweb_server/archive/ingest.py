@@ -241,7 +241,7 @@ class Ingest:
         return key
 
     def _transaction(self, batch: Sequence[Prepared]) -> list[tuple[StoreStatus, str | None]]:
-        self.storage.sync([p.key for p in batch])
+        self.storage.sync([(p.received, p.key) for p in batch])
         for attempt in range(_RETRIES):
             try:
                 # Core statements on a plain connection: the ORM's unit of work adds

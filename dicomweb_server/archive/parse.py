@@ -126,8 +126,13 @@ def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         if not deflated:
             pixels = _scan_pixels(fp, dataset, UID(ts))
         try:
+            decoded: set[int] = set()
             metadata, bulk = dicomjson.to_json(
-                dataset, dicomjson.instance_uri(study, series, sop), bulk_threshold, not deflated
+                dataset,
+                dicomjson.instance_uri(study, series, sop),
+                bulk_threshold,
+                not deflated,
+                decoded,
             )
         except Exception as exc:
             raise InvalidInstance(f"the header cannot be converted to DICOM JSON: {exc}") from exc
@@ -139,7 +144,7 @@ def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
             "BulkDataURI": dicomjson.instance_uri(study, series, sop) + f"/bulkdata/{tag:08X}",
         }
     metadata[_AVAILABLE_TS] = {"vr": "UI", "Value": [ts]}
-    _decode_header(dataset)
+    _decode_header(dataset, decoded)
     return ParsedInstance(
         study_uid=study,
         series_uid=series,
@@ -154,11 +159,14 @@ def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
     )
 
 
-def _decode_header(dataset: Dataset) -> None:
+def _decode_header(dataset: Dataset, decoded: set[int]) -> None:
     """Decode every top-level value that was read (not deferred) now, so that a value
     pydicom cannot decode (an unknown VR) refuses the instance here rather than failing
-    later inside the index transaction (found by scripts/fuzz.py)."""
+    later inside the index transaction (found by scripts/fuzz.py).  ``decoded``: tags
+    whose values :func:`.dicomjson.to_json` decoded already, and pydicom will too."""
     for tag in list(dataset.keys()):
+        if tag in decoded:
+            continue
         raw = dataset.get_item(tag, keep_deferred=True)
         if isinstance(raw, RawDataElement) and raw.value is None and raw.length:
             # Deferred (a large value, read only if someone asks for it): check its VR.
