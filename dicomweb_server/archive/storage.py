@@ -157,7 +157,7 @@ class FolderStorage:
         """
         target = self.path(key)
         try:
-            target.parent.mkdir(parents=True, exist_ok=True)
+            self._make_folder(target.parent)
             try:
                 os.link(received.path, target)  # fails if the target exists
             except FileExistsError:
@@ -177,13 +177,26 @@ class FolderStorage:
                 raise mapped from exc
             raise
 
-    def sync(self, batch: Iterable[tuple[Received, str]]) -> None:
-        """Wait for the files' fsyncs, then fsync each folder holding them and its parent.
+    def _make_folder(self, folder: Path) -> None:
+        """Create a series folder (and its study folder) durably, if missing.
 
-        The parent too, because the series folder may be new: its entry in the study
-        folder (and the study's in the root) must survive a power cut as well.  A power
-        cut before this leaves at worst an unindexed file under its final name, which
-        ``verify`` reports; the index never names a file that was not synced.
+        A new folder's entry in its parent must survive a power cut like the file in it:
+        the parents are fsynced here, once per new series, so :meth:`sync` need only
+        fsync the folders that hold the files.
+        """
+        if folder.is_dir():
+            return
+        new = [f for f in (folder.parent, folder) if not f.is_dir()]
+        folder.mkdir(parents=True, exist_ok=True)
+        if self.fsync:
+            for created in new:
+                _fsync_fd(os.open(created.parent, os.O_RDONLY | os.O_DIRECTORY))
+
+    def sync(self, batch: Iterable[tuple[Received, str]]) -> None:
+        """Wait for the files' fsyncs, then fsync each folder holding them, once.
+
+        A power cut before this leaves at worst an unindexed file under its final name,
+        which ``verify`` reports; the index never names a file that was not synced.
         """
         if not self.fsync:
             return
@@ -195,8 +208,8 @@ class FolderStorage:
                     received.synced.result()
                 else:
                     _fsync_fd(os.open(path, os.O_RDONLY))
-                folders.update((path.parent, path.parent.parent))
-            for folder in sorted(folders, key=lambda f: len(f.parts), reverse=True):
+                folders.add(path.parent)
+            for folder in folders:
                 _fsync_fd(os.open(folder, os.O_RDONLY | os.O_DIRECTORY))
         except OSError as exc:
             if mapped := _out_of_resources(exc):
