@@ -120,6 +120,10 @@ class DimseSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(default=11112, ge=0, le=65535)
     max_associations: int = Field(default=16, ge=1)
+    #: Listener processes sharing the port (SO_REUSEPORT, Linux): pynetdicom keeps all of
+    #: one process's associations on one core, so concurrent senders need several.
+    #: Each process accepts its share of max_associations.
+    processes: int = Field(default=2, ge=1)
     #: Largest PDU we accept, in bytes (0: unlimited).
     max_pdu_size: int = Field(default=4_194_304, ge=0)
     acse_timeout: float = 30.0

@@ -134,8 +134,10 @@ def run_serve(settings: Settings) -> None:
 def _serve(settings: Settings) -> None:
     child = None
     if settings.dimse.enabled:
+        # Not a daemon: with dimse.processes > 1 it starts its sibling listeners itself,
+        # which a daemonic process may not.  It is stopped here however gunicorn ends.
         child = multiprocessing.get_context("spawn").Process(
-            target=_dimse_child, args=(settings,), name="dimse", daemon=True
+            target=_dimse_child, args=(settings,), name="dimse", daemon=False
         )
         child.start()
 
@@ -146,4 +148,7 @@ def _serve(settings: Settings) -> None:
         if child is not None and child.pid is not None:
             metrics.mark_process_dead(child.pid)
 
-    _Gunicorn(settings, gunicorn_options(settings, on_exit=on_exit)).run()
+    try:
+        _Gunicorn(settings, gunicorn_options(settings, on_exit=on_exit)).run()
+    finally:
+        on_exit(None)

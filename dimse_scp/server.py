@@ -3,11 +3,19 @@ allow-list, started and stopped from here only.
 
 :func:`start` is non-blocking and returns a :class:`ServerHandle` (tests and embedding);
 :func:`serve_forever` is what the ``dimse`` and ``serve`` commands run.
+
+pynetdicom runs every association in threads of one process, so however many
+associations arrive, their Python work shares one GIL and one core.  With
+``dimse.processes`` above 1, :func:`serve_forever` starts that many listener processes
+on the same port (``SO_REUSEPORT``, Linux), and the kernel spreads incoming
+associations over them; they share the archive like gunicorn's workers do.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import multiprocessing
 import signal
 import socket
 import ssl
@@ -209,6 +217,15 @@ class AssociationServer(ThreadedAssociationServer):
     OpenSSL perform it on the first read, in the association's own thread.
     """
 
+    #: Bind with ``SO_REUSEPORT``, so that sibling processes can listen on the port too.
+    reuse_port = False
+
+    def server_bind(self) -> None:
+        if self.reuse_port:
+            assert self.socket is not None
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        super().server_bind()
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         assert self.socket is not None
         client, address = self.socket.accept()
@@ -260,11 +277,16 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
     if settings.auth.audit:
         archive.audit_writer()  # started here, once, not by two associations at a time
     ae = build_ae(dimse)
+    server_class = AssociationServer
+    if dimse.processes > 1:
+        server_class = type("SharedPortServer", (AssociationServer,), {"reuse_port": True})
+        # The cap is on the whole listener: each process takes its share.
+        ae.maximum_associations = math.ceil(dimse.max_associations / dimse.processes)
     server = ae.make_server(
         (dimse.host, dimse.port),
         evt_handlers=handlers(runtime),
         ssl_context=tls_context(dimse),
-        server_class=AssociationServer,
+        server_class=server_class,
     )
     # What AE.start_server(block=False) does, with a shorter poll interval; the AE's
     # server list is where ThreadedAssociationServer.shutdown expects to find it.
@@ -290,13 +312,50 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
 
 
 def serve_forever(settings: Settings) -> None:
-    """Run the listener until SIGTERM or Ctrl-C (the ``dimse`` command)."""
+    """Run the listener until SIGTERM or Ctrl-C (the ``dimse`` command, ``serve``'s child).
+
+    With ``dimse.processes`` > 1, the other listener processes are started first, on the
+    same port (a free one chosen here if the port is 0), and stopped with this one.
+    """
+    dimse = settings.dimse
+    siblings: list[Any] = []
+    if dimse.processes > 1:
+        if dimse.port == 0:
+            settings = settings.model_copy(
+                update={"dimse": dimse.model_copy(update={"port": _free_port(dimse.host)})}
+            )
+        context = multiprocessing.get_context("spawn")
+        for _ in range(dimse.processes - 1):
+            sibling = context.Process(target=_sibling, args=(settings,), daemon=True)
+            sibling.start()
+            siblings.append(sibling)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        _listen(settings, stop, announce=True)
+    finally:
+        for sibling in siblings:
+            sibling.terminate()
+        for sibling in siblings:
+            sibling.join(10)
+
+
+def _sibling(settings: Settings) -> None:
+    """One more listener process (see :func:`serve_forever`)."""
+    from dicomweb_server import logs
+
+    logs.configure(settings.log)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    _listen(settings, stop, announce=False)
+
+
+def _listen(settings: Settings, stop: threading.Event, *, announce: bool) -> None:
     archive = Archive(settings)
     handle = start(settings, archive)
     dimse = settings.dimse
-    print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    if announce:
+        print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
     try:
         stop.wait()
     except KeyboardInterrupt:
@@ -304,3 +363,9 @@ def serve_forever(settings: Settings) -> None:
     finally:
         handle.shutdown()
         archive.close()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])

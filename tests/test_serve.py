@@ -36,14 +36,33 @@ def wait_for_port(port: int, deadline: float) -> None:
 
 
 @pytest.fixture
-def served(tmp_path: Path) -> Iterator[tuple[str, int, subprocess.Popen]]:
+def served(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[tuple[str, int, subprocess.Popen]]:
     http_port, dimse_port = free_port(), free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
+    env.update(getattr(request, "param", {}))
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomweb_server", "serve", "--http-port", str(http_port),
-         "--dimse-port", str(dimse_port), "--aet", "ARCHIVE", "--data-dir", str(tmp_path / "d"),
-         "--workers", "2"],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        [
+            sys.executable,
+            "-m",
+            "dicomweb_server",
+            "serve",
+            "--http-port",
+            str(http_port),
+            "--dimse-port",
+            str(dimse_port),
+            "--aet",
+            "ARCHIVE",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 90
@@ -87,3 +106,49 @@ def test_serve_prints_where_it_listens(served) -> None:
     output, _ = process.communicate(timeout=30)
     assert f"DICOMweb listening on {url}" in output
     assert f"ARCHIVE listening on 127.0.0.1:{dimse_port}" in output
+
+
+def listeners(port: int) -> int:
+    """Sockets listening on 127.0.0.1:``port`` (Linux /proc/net/tcp, state 0A)."""
+    count = 0
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        local, state = line.split()[1], line.split()[3]
+        if state == "0A" and local == f"0100007F:{port:04X}":
+            count += 1
+    return count
+
+
+@pytest.mark.parametrize("served", [{"DICOMWEB_DIMSE__PROCESSES": "3"}], indirect=True)
+def test_dimse_processes_share_the_port_and_stop_together(served) -> None:
+    """dimse.processes = 3: three listeners on one port serve concurrent associations."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pynetdicom.sop_class import CTImageStorage
+
+    url, dimse_port, process = served
+    deadline = time.monotonic() + 60
+    while listeners(dimse_port) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert listeners(dimse_port) == 3
+    series = make_series(12, rows=16, columns=16)
+
+    def send(part: list[Dataset]) -> list[int]:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(CTImageStorage)
+        assoc = ae.associate("127.0.0.1", dimse_port, ae_title="ARCHIVE")
+        assert assoc.is_established
+        try:
+            return [assoc.send_c_store(ds).Status for ds in part]
+        finally:
+            assoc.release()
+
+    with ThreadPoolExecutor(6) as pool:
+        statuses = [s for part in pool.map(send, [series[i::6] for i in range(6)]) for s in part]
+    assert statuses == [0x0000] * 12
+    study = series[0].StudyInstanceUID
+    found = requests.get(f"{url}/studies/{study}/instances", timeout=30).json()
+    assert len(found) == 12
+
+    process.terminate()
+    process.wait(30)
+    assert listeners(dimse_port) == 0  # no listener process outlives serve
