@@ -206,7 +206,8 @@ class AuthSettings(_Section):
     }
     #: API keys by name: ``{name = {hash = "sha256:...", roles = ["read"]}}``.
     api_keys: dict[str, ApiKey] = {}
-    #: Record DICOMweb requests in the audit table (the log gets them regardless).
+    #: Record DICOMweb requests and DIMSE operations in the audit table (the log gets
+    #: them regardless).
     audit: bool = True
 
     @field_validator("mode")
