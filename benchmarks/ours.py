@@ -64,6 +64,13 @@ class Ours(Server):
     def count(self) -> int:
         return self.archive().count_instances()
 
+    def settle(self) -> None:
+        # The loader's connections end, and SQLite folds its write-ahead log into the
+        # database, as a server that received the data itself would have done by now.
+        if self._archive is not None:
+            self._archive.close()
+            self._archive = None
+
     def version(self) -> str:
         from dicomweb_server import __version__
 

@@ -117,6 +117,32 @@ def tree(pid: int) -> list[int]:
     return found
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds used so far by ``pid`` and its descendants."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for member in tree(pid):
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def wait_idle(pids: list[int], busy: float = 0.03, limit: float = 180.0) -> float:
+    """Wait until the process trees of ``pids`` together use less than ``busy`` of a core
+    over one second (background work after a bulk load: Orthanc's stable-series events,
+    a database checkpoint); returns the seconds waited, at most ``limit``."""
+    began = time.monotonic()
+    while time.monotonic() - began < limit:
+        before = sum(cpu_seconds(pid) for pid in pids)
+        time.sleep(1.0)
+        if sum(cpu_seconds(pid) for pid in pids) - before < busy:
+            break
+    return time.monotonic() - began
+
+
 def _status_kb(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -165,6 +191,9 @@ class Server:
     def count(self) -> int:
         """Instances in the index."""
         raise NotImplementedError
+
+    def settle(self) -> None:
+        """End what :meth:`load` left running before latencies are measured."""
 
     def version(self) -> str:
         return ""

@@ -290,7 +290,10 @@ class Bench:
     def measure_search(self, size: int) -> None:
         self.grow(size)
         tag = _size_tag(size)
-        log(f"search at {tag} instances")
+        for server in self.servers:
+            server.settle()
+        waited = process.wait_idle([s.pid for s in self.servers])
+        log(f"search at {tag} instances (servers idle after {waited:.0f} s)")
         big = max(self.plan.slices)
         big_series = (self.ct[big].study_uid, self.ct[big].series_uid, big)
         study_uid = dataset.tiny_uids(0)[0] if self.tiny_loaded else self.ct[big].study_uid
