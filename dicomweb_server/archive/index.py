@@ -215,8 +215,20 @@ def make_engines(
     return reader, writer
 
 
+#: SQLite reads the index through a memory map of up to this many bytes: pages come
+#: from the shared page cache instead of one pread() each into every connection's own
+#: cache, so a connection's first queries on a large index are not slow (the study
+#: list at 100k instances: 28 ms cold, 7 ms warm, before).
+SQLITE_MMAP_SIZE = 1 << 30
+
+
 def _sqlite_engine(url: str, synchronous: str, lock_timeout: float, begin: str) -> Engine:
-    engine = create_engine(url, connect_args={"timeout": lock_timeout, "check_same_thread": False})
+    # LIFO: requests one after another reuse the same, warm connection.
+    engine = create_engine(
+        url,
+        connect_args={"timeout": lock_timeout, "check_same_thread": False},
+        pool_use_lifo=True,
+    )
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
@@ -227,6 +239,7 @@ def _sqlite_engine(url: str, synchronous: str, lock_timeout: float, begin: str) 
         cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={int(lock_timeout * 1000)}")
+        cursor.execute(f"PRAGMA mmap_size={SQLITE_MMAP_SIZE}")
         cursor.close()
 
     @event.listens_for(engine, "begin")
