@@ -268,9 +268,10 @@ class ServerHandle:
             assoc.abort()
 
 
-def start(settings: Settings, archive: Archive) -> ServerHandle:
+def start(settings: Settings, archive: Archive, *, processes: int = 1) -> ServerHandle:
     """Start listening on ``settings.dimse.host:port`` (port 0: any free port); returns
-    at once."""
+    at once.  ``processes``: how many listener processes share the port, this one
+    included (see :func:`serve_forever`)."""
     configure_pynetdicom()
     dimse = settings.dimse
     runtime = Runtime(archive, settings)
@@ -278,10 +279,10 @@ def start(settings: Settings, archive: Archive) -> ServerHandle:
         archive.audit_writer()  # started here, once, not by two associations at a time
     ae = build_ae(dimse)
     server_class = AssociationServer
-    if dimse.processes > 1:
+    if processes > 1:
         server_class = type("SharedPortServer", (AssociationServer,), {"reuse_port": True})
         # The cap is on the whole listener: each process takes its share.
-        ae.maximum_associations = math.ceil(dimse.max_associations / dimse.processes)
+        ae.maximum_associations = math.ceil(dimse.max_associations / processes)
     server = ae.make_server(
         (dimse.host, dimse.port),
         evt_handlers=handlers(runtime),
@@ -352,7 +353,7 @@ def _sibling(settings: Settings) -> None:
 
 def _listen(settings: Settings, stop: threading.Event, *, announce: bool) -> None:
     archive = Archive(settings)
-    handle = start(settings, archive)
+    handle = start(settings, archive, processes=settings.dimse.processes)
     dimse = settings.dimse
     if announce:
         print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
