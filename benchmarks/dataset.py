@@ -35,9 +35,28 @@ OUT = Path(__file__).resolve().parent / "out"
 DATA = OUT / "data"
 FORMAT = 2  #: bump when the generator changes, so stale sets are rebuilt
 ROOT = "1.2.826.0.1.3680043.10.5432."  #: UID root of benchmark data
-SURNAMES = ["SMITH", "JONES", "MILLER", "GARCIA", "MUELLER", "ROSSI", "DUBOIS", "TANAKA",
-            "NOVAK", "SILVA", "JANSEN", "NILSSON", "KOWALSKI", "HORVAT", "PETROV", "OKAFOR",
-            "NGUYEN", "KIM", "COHEN", "MARTIN"]
+SURNAMES = [
+    "SMITH",
+    "JONES",
+    "MILLER",
+    "GARCIA",
+    "MUELLER",
+    "ROSSI",
+    "DUBOIS",
+    "TANAKA",
+    "NOVAK",
+    "SILVA",
+    "JANSEN",
+    "NILSSON",
+    "KOWALSKI",
+    "HORVAT",
+    "PETROV",
+    "OKAFOR",
+    "NGUYEN",
+    "KIM",
+    "COHEN",
+    "MARTIN",
+]
 MODALITIES = ["CT", "MR", "CR", "US", "DX", "MG", "PT", "NM"]
 
 
@@ -65,7 +84,7 @@ def _uid(*parts: object) -> str:
 def phantom(rows: int, columns: int, seed: int) -> np.ndarray:
     """A 12-bit body-like ellipse with a few dense disks and noise, as uint16."""
     rng = np.random.default_rng(seed)
-    y, x = np.ogrid[-1:1:rows * 1j, -1:1:columns * 1j]
+    y, x = np.ogrid[-1 : 1 : rows * 1j, -1 : 1 : columns * 1j]
     image = np.where((x / 0.85) ** 2 + (y / 0.7) ** 2 < 1, 1040.0, 24.0)
     for cx, cy, r in rng.uniform([-0.5, -0.4, 0.05], [0.5, 0.4, 0.15], size=(4, 3)):
         image[(x - cx) ** 2 + (y - cy) ** 2 < r * r] = 1700.0
@@ -73,8 +92,15 @@ def phantom(rows: int, columns: int, seed: int) -> np.ndarray:
     return np.clip(image, 0, 4095).astype(np.uint16)
 
 
-def _base(sop_class: str, study_uid: str, series_uid: str, sop_uid: str, patient: str,
-          modality: str, number: int) -> Dataset:
+def _base(
+    sop_class: str,
+    study_uid: str,
+    series_uid: str,
+    sop_uid: str,
+    patient: str,
+    modality: str,
+    number: int,
+) -> Dataset:
     ds = Dataset()
     ds.SOPClassUID = sop_class
     ds.SOPInstanceUID = sop_uid
@@ -113,8 +139,9 @@ def _pixels(ds: Dataset, pixels: np.ndarray) -> None:
     ds.PixelData = pixels.tobytes()
 
 
-def _ct_slice(study_uid: str, series_uid: str, sop_uid: str, patient: str, index: int,
-              pixels: np.ndarray) -> Dataset:
+def _ct_slice(
+    study_uid: str, series_uid: str, sop_uid: str, patient: str, index: int, pixels: np.ndarray
+) -> Dataset:
     ds = _base(CTImageStorage, study_uid, series_uid, sop_uid, patient, "CT", index + 1)
     ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
     ds.FrameOfReferenceUID = _uid("for", series_uid)
@@ -153,8 +180,9 @@ def _save(series: SeriesSet) -> SeriesSet:
     return series
 
 
-def ct_series(name: str, slices: int, *, size: int = 512, transfer_syntax: str = "",
-              seed: int = 0) -> SeriesSet:
+def ct_series(
+    name: str, slices: int, *, size: int = 512, transfer_syntax: str = "", seed: int = 0
+) -> SeriesSet:
     """A CT series of ``slices`` slices (``size``² 16-bit, ~525 KB each at 512)."""
     if (found := _load(name)) is not None:
         return found
@@ -186,8 +214,15 @@ def radiographs(name: str = "dx", rows: int = 3000, columns: int = 2500) -> Seri
     sop_uids, files, total = [], [], 0
     for index in range(2):
         sop_uid = _uid(name, index)
-        ds = _base(DigitalXRayImageStorageForPresentation, study_uid, series_uid, sop_uid,
-                   "BENCH^DX", "DX", index + 1)
+        ds = _base(
+            DigitalXRayImageStorageForPresentation,
+            study_uid,
+            series_uid,
+            sop_uid,
+            "BENCH^DX",
+            "DX",
+            index + 1,
+        )
         ds.ImageType = ["ORIGINAL", "PRIMARY"]
         ds.PresentationIntentType = "FOR PRESENTATION"
         ds.ImagerPixelSpacing = [0.15, 0.15]
@@ -197,8 +232,9 @@ def radiographs(name: str = "dx", rows: int = 3000, columns: int = 2500) -> Seri
         sop_uids.append(sop_uid)
         files.append(file)
         total += length
-    return _save(SeriesSet(name, study_uid, series_uid, sop_uids, files,
-                           ExplicitVRLittleEndian, total))
+    return _save(
+        SeriesSet(name, study_uid, series_uid, sop_uids, files, ExplicitVRLittleEndian, total)
+    )
 
 
 def multiframe(name: str = "mf", frames: int = 50, size: int = 512) -> SeriesSet:
@@ -208,14 +244,22 @@ def multiframe(name: str = "mf", frames: int = 50, size: int = 512) -> SeriesSet
     folder = DATA / name
     folder.mkdir(parents=True, exist_ok=True)
     study_uid, series_uid, sop_uid = _uid(name, "study"), _uid(name, "series"), _uid(name, 0)
-    ds = _base(MultiFrameGrayscaleWordSecondaryCaptureImageStorage, study_uid, series_uid,
-               sop_uid, "BENCH^MF", "OT", 1)
+    ds = _base(
+        MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
+        study_uid,
+        series_uid,
+        sop_uid,
+        "BENCH^MF",
+        "OT",
+        1,
+    )
     ds.ConversionType = "WSD"
     pixels = np.stack([phantom(size, size, 11 + i % 10) for i in range(frames)])
     _pixels(ds, pixels)
     file, length = _write(folder, 0, ds)
-    return _save(SeriesSet(name, study_uid, series_uid, [sop_uid], [file],
-                           ExplicitVRLittleEndian, length))
+    return _save(
+        SeriesSet(name, study_uid, series_uid, [sop_uid], [file], ExplicitVRLittleEndian, length)
+    )
 
 
 def compressed_variants(slices: int, size: int = 512) -> dict[str, SeriesSet]:
@@ -223,8 +267,9 @@ def compressed_variants(slices: int, size: int = 512) -> dict[str, SeriesSet]:
     variants = {}
     for label, syntax in (("j2k", JPEG2000Lossless), ("jls", JPEGLSLossless)):
         try:
-            variants[label] = ct_series(f"ct{slices}_{label}_{size}", slices, size=size,
-                                        transfer_syntax=syntax, seed=3)
+            variants[label] = ct_series(
+                f"ct{slices}_{label}_{size}", slices, size=size, transfer_syntax=syntax, seed=3
+            )
         except (RuntimeError, ImportError, ValueError, NotImplementedError):
             continue  # no encoder plugin: the variant is simply not measured
     return variants

@@ -37,8 +37,9 @@ def _send_stow(root: str, files: list[Path]) -> None:
     connection = http.client.HTTPConnection(url.hostname, url.port, timeout=600)
     try:
         connection.putrequest("POST", f"{url.path}/studies")
-        connection.putheader("Content-Type",
-                             f'multipart/related; type="application/dicom"; boundary={boundary}')
+        connection.putheader(
+            "Content-Type", f'multipart/related; type="application/dicom"; boundary={boundary}'
+        )
         connection.putheader("Accept", "application/dicom+json")
         connection.putheader("Content-Length", str(length))
         connection.endheaders()
@@ -62,7 +63,7 @@ def _send_stow(root: str, files: list[Path]) -> None:
 
 def stow(root: str, files: list[Path], clients: int) -> float:
     """Send ``files`` ten to a request over ``clients`` concurrent connections."""
-    requests_ = [files[i:i + PER_REQUEST] for i in range(0, len(files), PER_REQUEST)]
+    requests_ = [files[i : i + PER_REQUEST] for i in range(0, len(files), PER_REQUEST)]
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         list(pool.map(lambda batch: _send_stow(root, batch), requests_))
@@ -78,9 +79,13 @@ def storescu(port: int | None, aet: str, files: list[Path], associations: int) -
     shares = [files[i::associations] for i in range(associations)]
     start = time.perf_counter()
     children = [
-        subprocess.Popen(["storescu", "-aet", CLIENT_AET, "-aec", aet, "127.0.0.1", str(port),
-                          *map(str, share)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        for share in shares if share
+        subprocess.Popen(
+            ["storescu", "-aet", CLIENT_AET, "-aec", aet, "127.0.0.1", str(port), *map(str, share)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        for share in shares
+        if share
     ]
     failures = []
     for child in children:
@@ -93,8 +98,12 @@ def storescu(port: int | None, aet: str, files: list[Path], associations: int) -
     return seconds
 
 
-def associate(port: int | None, aet: str, contexts: list[str],  # type: ignore[no-untyped-def]
-              transfer_syntaxes: list[str] | None = None):
+def associate(
+    port: int | None,
+    aet: str,
+    contexts: list[str],  # type: ignore[no-untyped-def]
+    transfer_syntaxes: list[str] | None = None,
+):
     """A pynetdicom association with TCP_NODELAY set (Nagle adds ~40 ms per message).
 
     ``transfer_syntaxes`` narrows what is proposed: a C-STORE sender proposes the

@@ -43,8 +43,9 @@ def _serve_file(listener: socket.socket, path: Path, requests_: int) -> None:
         connection, _ = listener.accept()
         with connection, path.open("rb") as fp:
             connection.recv(65536)  # the request; its content does not matter
-            connection.sendall(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n"
-                               "Connection: close\r\n\r\n".encode())
+            connection.sendall(
+                f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\nConnection: close\r\n\r\n".encode()
+            )
             offset = 0
             while offset < size:
                 offset += os.sendfile(connection.fileno(), fp.fileno(), offset, size - offset)
@@ -68,8 +69,18 @@ def loopback_http(folder: Path, megabytes: int, runs: int = 3) -> float:
     try:
         for _ in range(runs):
             out = subprocess.run(
-                ["curl", "-s", "-o", "/dev/null", "-w", "%{speed_download}",
-                 f"http://127.0.0.1:{port}/"], capture_output=True, text=True, timeout=120,
+                [
+                    "curl",
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{speed_download}",
+                    f"http://127.0.0.1:{port}/",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
             ).stdout
             speeds.append(float(out or 0) / 1e6)
     finally:

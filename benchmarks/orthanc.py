@@ -33,15 +33,19 @@ def ensure_installed() -> None:
     if shutil.which("Orthanc") and plugin_path():
         return
     subprocess.run(["apt-get", "update"], check=True, stdout=subprocess.DEVNULL)
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", *PACKAGES],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
 
 
 def plugin_path() -> str:
     """The DICOMweb plugin's shared library, as listed by ``dpkg -L``."""
     try:
-        listing = subprocess.run(["dpkg", "-L", "orthanc-dicomweb"], capture_output=True,
-                                 text=True, check=True).stdout.split()
+        listing = subprocess.run(
+            ["dpkg", "-L", "orthanc-dicomweb"], capture_output=True, text=True, check=True
+        ).stdout.split()
     except (OSError, subprocess.CalledProcessError):
         return ""
     candidates = [p for p in listing if p.endswith(".so") and "DicomWeb" in p]
@@ -63,9 +67,12 @@ class Orthanc(Server):
             # Orthanc 1.10 answers a rare 500 under four concurrent posters (its SQLite
             # index busy); the instance is simply sent again.
             for attempt in range(3):
-                response = self.session.post(f"{self.http_root}/instances", data=blob,
-                                             headers={"Content-Type": "application/dicom"},
-                                             timeout=120)
+                response = self.session.post(
+                    f"{self.http_root}/instances",
+                    data=blob,
+                    headers={"Content-Type": "application/dicom"},
+                    timeout=120,
+                )
                 if response.status_code < 500 or attempt == 2:
                     break
                 time.sleep(0.5)
@@ -114,15 +121,18 @@ def configuration(workdir: Path, http_port: int, dimse_port: int, client_port: i
 def start_orthanc() -> Orthanc:
     """Start Orthanc on free ports; raise :class:`StartError` if it does not come up."""
     if not process.isolated():
-        raise StartError("Orthanc binds every interface: start it only inside a private "
-                         "network namespace (python -m benchmarks.run does that)")
+        raise StartError(
+            "Orthanc binds every interface: start it only inside a private "
+            "network namespace (python -m benchmarks.run does that)"
+        )
     if not shutil.which("Orthanc") or not plugin_path():
         raise StartError("Orthanc or its DICOMweb plugin is not installed")
     workdir = Path(tempfile.mkdtemp(prefix="bench-orthanc-"))
     http_port, dimse_port = process.free_port(), process.free_port()
     config = workdir / "orthanc.json"
-    config.write_text(json.dumps(configuration(workdir, http_port, dimse_port,
-                                               process.free_port()), indent=2))
+    config.write_text(
+        json.dumps(configuration(workdir, http_port, dimse_port, process.free_port()), indent=2)
+    )
     log = workdir / "orthanc.log"
     child = process.start(["Orthanc", "--no-jobs", str(config)], log)
     http_root = f"http://{LOOPBACK}:{http_port}"

@@ -120,15 +120,31 @@ def start_ours(postgres: bool = False, workers: int = 2, dimse_wait: float = 10.
     database_url = _create_database() if postgres else ""
     env = {"DICOMWEB_DATABASE__URL": database_url, "DICOMWEB_LOG__LEVEL": "WARNING"}
     argv = [
-        sys.executable, "-m", "dicomweb_server", "serve", "--host", LOOPBACK,
-        "--http-port", str(http_port), "--dimse-port", str(dimse_port),
-        "--data-dir", str(data_dir), "--workers", str(workers),
+        sys.executable,
+        "-m",
+        "dicomweb_server",
+        "serve",
+        "--host",
+        LOOPBACK,
+        "--http-port",
+        str(http_port),
+        "--dimse-port",
+        str(dimse_port),
+        "--data-dir",
+        str(data_dir),
+        "--workers",
+        str(workers),
     ]
     log = workdir / "server.log"
     child = process.start(argv, log, env)
     server = Ours(
-        child, f"http://{LOOPBACK}:{http_port}/dicom-web", None, AET, workdir,
-        database_url=database_url, data_dir=data_dir,
+        child,
+        f"http://{LOOPBACK}:{http_port}/dicom-web",
+        None,
+        AET,
+        workdir,
+        database_url=database_url,
+        data_dir=data_dir,
     )
     server.name = "ours-pg" if postgres else "ours"
     try:

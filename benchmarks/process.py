@@ -77,8 +77,12 @@ def start(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subp
     """Start ``argv`` in a new process group, output appended to ``log``."""
     with log.open("ab") as out:
         return subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})}, start_new_session=True,
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
         )
 
 
@@ -172,8 +176,9 @@ class Server:
 
     name = "server"
 
-    def __init__(self, process: subprocess.Popen, root: str, dimse_port: int | None,
-                 aet: str, workdir: Path) -> None:
+    def __init__(
+        self, process: subprocess.Popen, root: str, dimse_port: int | None, aet: str, workdir: Path
+    ) -> None:
         self.process = process
         self.root = root  #: DICOMweb root URL, without trailing slash
         self.dimse_port = dimse_port  #: None when the DIMSE listener did not come up

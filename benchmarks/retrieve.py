@@ -49,8 +49,9 @@ def metadata(session: requests.Session, url: str) -> float:
 
 
 def frame(session: requests.Session, instance_url: str, number: int = 1) -> float:
-    seconds, _ = get(session, f"{instance_url}/frames/{number}", [FRAME_ACCEPT, FRAME_FALLBACK],
-                     "frame")
+    seconds, _ = get(
+        session, f"{instance_url}/frames/{number}", [FRAME_ACCEPT, FRAME_FALLBACK], "frame"
+    )
     return seconds
 
 

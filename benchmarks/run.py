@@ -73,15 +73,19 @@ class Plan:
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Plan:
         smoke, long = args.smoke, args.long
-        sizes = args.sizes or ([60] if smoke else [1_000, 100_000, 1_000_000] if long
-                               else [1_000, 100_000])
+        sizes = args.sizes or (
+            [60] if smoke else [1_000, 100_000, 1_000_000] if long else [1_000, 100_000]
+        )
         return cls(
-            smoke=smoke, long=long, sizes=sorted(sizes),
+            smoke=smoke,
+            long=long,
+            sizes=sorted(sizes),
             slices=[8] if smoke else [100, 1_000] if long else [100],
             iterations=args.iterations or (2 if smoke else 20),
             runs=args.runs or (1 if smoke else 3),
-            groups=set(args.only.split(",")) if args.only else set(GROUPS) - (
-                set() if long else {"memory"}),
+            groups=set(args.only.split(","))
+            if args.only
+            else set(GROUPS) - (set() if long else {"memory"}),
             orthanc=not args.no_orthanc and (args.orthanc or not smoke),
             postgres=args.postgres,
             image=64 if smoke else 512,
@@ -96,10 +100,19 @@ class Results:
     servers: list[str]
     rows: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def add(self, key: str, label: str, unit: str, better: str, server: str,
-            values: list[float] | str, target: str = "") -> None:
-        row = self.rows.setdefault(key, {"label": label, "unit": unit, "better": better,
-                                         "target": target, "values": {}})
+    def add(
+        self,
+        key: str,
+        label: str,
+        unit: str,
+        better: str,
+        server: str,
+        values: list[float] | str,
+        target: str = "",
+    ) -> None:
+        row = self.rows.setdefault(
+            key, {"label": label, "unit": unit, "better": better, "target": target, "values": {}}
+        )
         row["values"][server] = {"na": values} if isinstance(values, str) else summary(values)
 
     def finish(self) -> None:
@@ -172,7 +185,7 @@ class Bench:
         paths = [p for s in sets for p in s.paths]
         log(f"loading {len(paths)} reference instances")
         for start in range(0, len(paths), 100):
-            blobs = [p.read_bytes() for p in paths[start:start + 100]]
+            blobs = [p.read_bytes() for p in paths[start : start + 100]]
             self._each(lambda server, blobs=blobs: server.load(blobs))
 
     def grow(self, target: int) -> None:
@@ -196,8 +209,7 @@ class Bench:
             log(f"  {server.name}: {type(exc).__name__}: {exc}")
             return f"error: {type(exc).__name__}: {str(exc)[:200]}"
 
-    def latency(self, key: str, label: str, target: str,
-                call: Callable[[Server], float]) -> None:
+    def latency(self, key: str, label: str, target: str, call: Callable[[Server], float]) -> None:
         """Milliseconds of ``call``, alternating servers call by call after one warm-up."""
         samples: dict[str, list[float] | str] = {}
         for server in self.servers:
@@ -216,15 +228,21 @@ class Bench:
                     bucket.append(outcome * 1000)
         for name, values in samples.items():
             self.results.add(key, label, "ms", "lower", name, values, target)
-        log(f"  {label}: " + ", ".join(
-            f"{n}={_short(v)}" for n, v in samples.items()))
+        log(f"  {label}: " + ", ".join(f"{n}={_short(v)}" for n, v in samples.items()))
 
-    def throughput(self, key: str, label: str, target: str, runs: int,
-                   call: Callable[[Server, int], tuple[float, float, float]],
-                   units: tuple[str, str] = ("instances/s", "MB/s")) -> None:
+    def throughput(
+        self,
+        key: str,
+        label: str,
+        target: str,
+        runs: int,
+        call: Callable[[Server, int], tuple[float, float, float]],
+        units: tuple[str, str] = ("instances/s", "MB/s"),
+    ) -> None:
         """Rates of ``call(server, run)`` -> (seconds, instances, bytes), alternating servers."""
         rates: dict[str, tuple[list[float], list[float]] | str] = {
-            s.name: ([], []) for s in self.servers}
+            s.name: ([], []) for s in self.servers
+        }
         for run in range(runs):
             order = self.servers if run % 2 == 0 else self.servers[::-1]
             for server in order:
@@ -242,10 +260,18 @@ class Bench:
         for name, bucket in rates.items():
             first, second = (bucket, bucket) if isinstance(bucket, str) else bucket
             if units[0] and (isinstance(first, str) or first):
-                self.results.add(f"{key}_per_s", f"{label}", units[0], "higher", name, first,
-                                 target)
-            self.results.add(f"{key}_MBps", f"{label}", units[1], "higher", name, second,
-                             "" if units[0] else target)
+                self.results.add(
+                    f"{key}_per_s", f"{label}", units[0], "higher", name, first, target
+                )
+            self.results.add(
+                f"{key}_MBps",
+                f"{label}",
+                units[1],
+                "higher",
+                name,
+                second,
+                "" if units[0] else target,
+            )
         log(f"  {label}: " + ", ".join(f"{n}={_short(b)}" for n, b in rates.items()))
 
     # measurements ----------------------------------------------------------------------
@@ -266,17 +292,33 @@ class Bench:
             return sum(p.stat().st_size for p in paths)
 
         cases: list[tuple[str, str, Callable[[Server, list[Path]], float]]] = [
-            ("stow_1", "STOW-RS, 1 client, 10 instances/request",
-             lambda s, f: ingest.stow(s.root, f, 1)),
-            ("stow_4", "STOW-RS, 4 clients, 10 instances/request",
-             lambda s, f: ingest.stow(s.root, f, 4)),
-            ("storescu_1", "C-STORE storescu, 1 association",
-             lambda s, f: ingest.storescu(s.dimse_port, s.aet, f, 1)),
-            ("storescu_4", "C-STORE storescu, 4 associations",
-             lambda s, f: ingest.storescu(s.dimse_port, s.aet, f, 4)),
-            ("pynetdicom_1", "C-STORE pynetdicom, 1 association",
-             lambda s, f: ingest.pynetdicom_store(s.dimse_port, s.aet, f,
-                                                  "1.2.840.10008.5.1.4.1.1.2")),
+            (
+                "stow_1",
+                "STOW-RS, 1 client, 10 instances/request",
+                lambda s, f: ingest.stow(s.root, f, 1),
+            ),
+            (
+                "stow_4",
+                "STOW-RS, 4 clients, 10 instances/request",
+                lambda s, f: ingest.stow(s.root, f, 4),
+            ),
+            (
+                "storescu_1",
+                "C-STORE storescu, 1 association",
+                lambda s, f: ingest.storescu(s.dimse_port, s.aet, f, 1),
+            ),
+            (
+                "storescu_4",
+                "C-STORE storescu, 4 associations",
+                lambda s, f: ingest.storescu(s.dimse_port, s.aet, f, 4),
+            ),
+            (
+                "pynetdicom_1",
+                "C-STORE pynetdicom, 1 association",
+                lambda s, f: ingest.pynetdicom_store(
+                    s.dimse_port, s.aet, f, "1.2.840.10008.5.1.4.1.1.2"
+                ),
+            ),
         ]
         for key, label, send in cases:
             batches = files_for(plan.runs)
@@ -299,8 +341,12 @@ class Bench:
         study_uid = dataset.tiny_uids(0)[0] if self.tiny_loaded else self.ct[big].study_uid
         factor = "0.5" if size < 10_000 else "0.2"
         for key, query in search.qido_queries(study_uid, big_series).items():
-            self.latency(f"{key}_{tag}", f"{query.label} @{tag}", f"p95 ratio <= {factor}",
-                         lambda s, q=query: search.qido(self.sessions[s.name], s.root, q))
+            self.latency(
+                f"{key}_{tag}",
+                f"{query.label} @{tag}",
+                f"p95 ratio <= {factor}",
+                lambda s, q=query: search.qido(self.sessions[s.name], s.root, q),
+            )
         clients: dict[str, search.FindClient | str] = {}
         for server in self.servers:
             try:
@@ -309,8 +355,12 @@ class Bench:
                 clients[server.name] = f"n/a: {exc}"
         try:
             for key, (label, identifier) in search.cfind_queries(study_uid).items():
-                self.latency(f"{key}_{tag}", f"{label} @{tag}", f"p95 ratio <= {factor}",
-                             lambda s, i=identifier: _find(clients[s.name], i))
+                self.latency(
+                    f"{key}_{tag}",
+                    f"{label} @{tag}",
+                    f"p95 ratio <= {factor}",
+                    lambda s, i=identifier: _find(clients[s.name], i),
+                )
         finally:
             for client in clients.values():
                 if isinstance(client, search.FindClient):
@@ -321,41 +371,67 @@ class Bench:
         plan = self.plan
         for n, series in self.ct.items():
             target = "ratio <= 0.5" if n < 1000 else "< 150"
-            self.latency(f"wado_metadata_{n}", f"WADO series metadata, {n} slices", target,
-                         lambda s, x=series: retrieve.metadata(
-                             self.sessions[s.name], _series(s, x)))
+            self.latency(
+                f"wado_metadata_{n}",
+                f"WADO series metadata, {n} slices",
+                target,
+                lambda s, x=series: retrieve.metadata(self.sessions[s.name], _series(s, x)),
+            )
         first = self.ct[min(self.ct)]
         middle = len(first.sop_uids) // 2
         frames = {"native": first, **self.compressed}
         for label, series in frames.items():
             index = min(middle, len(series.sop_uids) - 1)
-            self.latency(f"wado_frame_{label}", f"WADO frame ({label}, {plan.image}x{plan.image})",
-                         "ratio <= 0.5",
-                         lambda s, x=series, i=index: retrieve.frame(
-                             self.sessions[s.name], _instance(s, x, i)))
-        self.latency("wado_frame_multiframe", "WADO frame of a multi-frame instance",
-                     "ratio <= 0.5", lambda s: retrieve.frame(
-                         self.sessions[s.name], _instance(s, self.mf, 0), 2))
+            self.latency(
+                f"wado_frame_{label}",
+                f"WADO frame ({label}, {plan.image}x{plan.image})",
+                "ratio <= 0.5",
+                lambda s, x=series, i=index: retrieve.frame(
+                    self.sessions[s.name], _instance(s, x, i)
+                ),
+            )
+        self.latency(
+            "wado_frame_multiframe",
+            "WADO frame of a multi-frame instance",
+            "ratio <= 0.5",
+            lambda s: retrieve.frame(self.sessions[s.name], _instance(s, self.mf, 0), 2),
+        )
         for kind in ("rendered", "thumbnail"):
-            self.latency(f"wado_{kind}", f"WADO {kind} (JPEG) of a CT slice", "",
-                         lambda s, k=kind: retrieve.rendered(
-                             self.sessions[s.name], _instance(s, first, middle), k))
+            self.latency(
+                f"wado_{kind}",
+                f"WADO {kind} (JPEG) of a CT slice",
+                "",
+                lambda s, k=kind: retrieve.rendered(
+                    self.sessions[s.name], _instance(s, first, middle), k
+                ),
+            )
         runs = max(plan.runs, 3)
         for n, series in self.ct.items():
-            self.throughput(f"wado_series_{n}", f"WADO retrieve whole series, {n} slices",
-                            "ratio >= 1.0", runs, lambda s, _r, x=series: _whole(
-                                self.sessions[s.name], _series(s, x)), units=("", "MB/s"))
-        self.throughput("wado_dx_study", "WADO retrieve DX study (2 large images)",
-                        "ratio >= 1.0", runs, lambda s, _r: _whole(
-                            self.sessions[s.name], f"{s.root}/studies/{self.dx.study_uid}"),
-                        units=("", "MB/s"))
+            self.throughput(
+                f"wado_series_{n}",
+                f"WADO retrieve whole series, {n} slices",
+                "ratio >= 1.0",
+                runs,
+                lambda s, _r, x=series: _whole(self.sessions[s.name], _series(s, x)),
+                units=("", "MB/s"),
+            )
+        self.throughput(
+            "wado_dx_study",
+            "WADO retrieve DX study (2 large images)",
+            "ratio >= 1.0",
+            runs,
+            lambda s, _r: _whole(self.sessions[s.name], f"{s.root}/studies/{self.dx.study_uid}"),
+            units=("", "MB/s"),
+        )
 
     def measure_memory(self) -> None:
         """Peak RSS of each server's process tree during a ~2 GB STOW and retrieve."""
         log("memory (about 2 GB each way)")
-        big = dataset.ct_series(f"big{self.plan.image}", 8 if self.plan.smoke else 4000,
-                                size=self.plan.image, seed=99)
+        big = dataset.ct_series(
+            f"big{self.plan.image}", 8 if self.plan.smoke else 4000, size=self.plan.image, seed=99
+        )
         for server in self.servers:
+
             def upload(s: Server = server) -> tuple[float, float]:
                 process.reset_peak_rss(s.pid)
                 ingest._send_stow(s.root, big.paths)
@@ -366,14 +442,22 @@ class Bench:
                 retrieve.whole(self.sessions[s.name], f"{s.root}/studies/{big.study_uid}")
                 return process.peak_rss_mb(s.pid)
 
-            for key, label, action in (("memory_stow", "one ~2 GB STOW-RS", upload),
-                                       ("memory_retrieve", "~2 GB study retrieve", download)):
+            for key, label, action in (
+                ("memory_stow", "one ~2 GB STOW-RS", upload),
+                ("memory_retrieve", "~2 GB study retrieve", download),
+            ):
                 outcome = self._attempt(server, action)
                 for index, which in enumerate(("sum over process tree", "largest process")):
                     values = outcome if isinstance(outcome, str) else [outcome[index]]
-                    self.results.add(f"{key}_{'sum' if index == 0 else 'max'}",
-                                     f"peak RSS ({which}), {label}", "MB", "lower",
-                                     server.name, values, "< 300")
+                    self.results.add(
+                        f"{key}_{'sum' if index == 0 else 'max'}",
+                        f"peak RSS ({which}), {label}",
+                        "MB",
+                        "lower",
+                        server.name,
+                        values,
+                        "< 300",
+                    )
 
     def close(self) -> None:
         for session in self.sessions.values():
@@ -450,27 +534,50 @@ def _ensure_dcmtk() -> None:
     if subprocess.run(["which", "storescu"], capture_output=True).returncode == 0:
         return
     with contextlib.suppress(OSError, subprocess.CalledProcessError):
-        subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "dcmtk"],
-                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            ["apt-get", "install", "-y", "--no-install-recommends", "dcmtk"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
 
 def machine(servers: list[Server]) -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in
-                Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = next(line.split(":", 1)[1].strip() for line in
-                  Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                            text=True, cwd=Path(__file__).parent).stdout.strip()
-    dcmtk = subprocess.run(["sh", "-c", "storescu --version 2>/dev/null | head -1"],
-                           capture_output=True, text=True).stdout.strip()
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = next(
+        line.split(":", 1)[1].strip()
+        for line in Path("/proc/meminfo").read_text().splitlines()
+        if line.startswith("MemTotal")
+    )
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).parent,
+    ).stdout.strip()
+    dcmtk = subprocess.run(
+        ["sh", "-c", "storescu --version 2>/dev/null | head -1"], capture_output=True, text=True
+    ).stdout.strip()
     import pydicom
     import pynetdicom
 
     return {
-        "cpus": os.cpu_count(), "cpu": cpu, "memory": memory, "kernel": platform.release(),
-        "python": platform.python_version(), "pydicom": pydicom.__version__,
-        "pynetdicom": pynetdicom.__version__, "dcmtk": dcmtk, "commit": commit,
+        "cpus": os.cpu_count(),
+        "cpu": cpu,
+        "memory": memory,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "pydicom": pydicom.__version__,
+        "pynetdicom": pynetdicom.__version__,
+        "dcmtk": dcmtk,
+        "commit": commit,
         "servers": {s.name: _version(s) for s in servers},
     }
 
@@ -491,19 +598,20 @@ def table(results: Results) -> str:
     head += ["target", "met"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in results.rows.values():
-        cells = [row["label"], f'{row["unit"]} ({row["better"]} is better)']
+        cells = [row["label"], f"{row['unit']} ({row['better']} is better)"]
         for name in names:
             value = row["values"].get(name, {"na": "-"})
             if "na" in value:
                 cells.append("n/a")
             elif row["unit"] == "ms":
-                cells.append(f'{value["median"]:.1f} (p95 {value["p95"]:.1f})')
+                cells.append(f"{value['median']:.1f} (p95 {value['p95']:.1f})")
             else:
-                cells.append(f'{value["median"]:.1f}')
+                cells.append(f"{value['median']:.1f}")
         if "orthanc" in names:
             cells += [str(row["ratio"].get(n, "")) for n in others]
-        met = ", ".join(f"{n}: {'yes' if m else 'no'}" for n, m in row["met"].items()
-                        if m is not None)
+        met = ", ".join(
+            f"{n}: {'yes' if m else 'no'}" for n, m in row["met"].items() if m is not None
+        )
         cells += [row["target"], met]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -515,26 +623,33 @@ def isolate() -> None:
         raise SystemExit("unshare --net did not isolate this process; not starting Orthanc")
     argv = ["unshare", "--net", "--", sys.executable, "-m", "benchmarks.run", *sys.argv[1:]]
     log("re-executing in a private network namespace (unshare --net)")
-    completed = subprocess.run(argv, cwd=Path(__file__).resolve().parent.parent,
-                               env={**os.environ, NETNS_ENV: "1"})
+    completed = subprocess.run(
+        argv, cwd=Path(__file__).resolve().parent.parent, env={**os.environ, NETNS_ENV: "1"}
+    )
     sys.exit(completed.returncode)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.run",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1-2 iterations")
-    parser.add_argument("--long", action="store_true",
-                        help="1,000-slice CT, 1M index, 2 GB memory runs")
-    parser.add_argument("--sizes", type=lambda v: [int(x) for x in v.split(",")],
-                        help="index sizes for search, e.g. 1000,100000")
+    parser.add_argument(
+        "--long", action="store_true", help="1,000-slice CT, 1M index, 2 GB memory runs"
+    )
+    parser.add_argument(
+        "--sizes",
+        type=lambda v: [int(x) for x in v.split(",")],
+        help="index sizes for search, e.g. 1000,100000",
+    )
     parser.add_argument("--only", help=f"comma-separated groups of {','.join(GROUPS)}")
     parser.add_argument("--iterations", type=int, help="requests per latency figure")
     parser.add_argument("--runs", type=int, help="runs per throughput figure")
     parser.add_argument("--orthanc", action="store_true", help="include Orthanc in --smoke")
     parser.add_argument("--no-orthanc", action="store_true", help="our server only")
-    parser.add_argument("--postgres", action="store_true",
-                        help="also our server on PostgreSQL")
+    parser.add_argument("--postgres", action="store_true", help="also our server on PostgreSQL")
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     return parser.parse_args(argv)
 
@@ -559,9 +674,11 @@ def main(argv: list[str] | None = None) -> int:
         subprocess.run(["ip", "link", "set", "lo", "up"], check=False)
     _work_folders()
     began = time.monotonic()
-    meta: dict[str, Any] = {"started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-                            "argv": sys.argv[1:], "plan": plan.__dict__ | {
-                                "groups": sorted(plan.groups)}}
+    meta: dict[str, Any] = {
+        "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "argv": sys.argv[1:],
+        "plan": plan.__dict__ | {"groups": sorted(plan.groups)},
+    }
     try:
         with started(plan) as servers:
             bench = Bench(plan, servers)
@@ -588,8 +705,7 @@ def main(argv: list[str] | None = None) -> int:
     if "limits" in plan.groups:
         log("physical limits")
         ct = next(iter(bench.ct.values()))
-        meta["limits"] = limits.measure(dataset.OUT / "probe", ct.paths,
-                                        16 if plan.smoke else 512)
+        meta["limits"] = limits.measure(dataset.OUT / "probe", ct.paths, 16 if plan.smoke else 512)
     results.finish()
     meta["seconds"] = round(time.monotonic() - began, 1)
     print(table(results))

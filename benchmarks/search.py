@@ -37,12 +37,17 @@ def qido_queries(study_uid: str, big_series: tuple[str, str, int]) -> dict[str, 
     limit = "limit=101&offset=0"
     return {
         "qido_study_list": Qido("QIDO OHIF study list", "/studies", f"{limit}&{OHIF_INCLUDE}"),
-        "qido_patient_name": Qido("QIDO PatientName=SMI*", "/studies",
-                                  f"PatientName=SMI*&{limit}&{OHIF_INCLUDE}"),
-        "qido_date_range": Qido("QIDO StudyDate range (1 year)", "/studies",
-                                f"StudyDate=20100101-20101231&{limit}&{OHIF_INCLUDE}"),
-        "qido_modality": Qido("QIDO ModalitiesInStudy=MR", "/studies",
-                              f"ModalitiesInStudy=MR&{limit}&{OHIF_INCLUDE}"),
+        "qido_patient_name": Qido(
+            "QIDO PatientName=SMI*", "/studies", f"PatientName=SMI*&{limit}&{OHIF_INCLUDE}"
+        ),
+        "qido_date_range": Qido(
+            "QIDO StudyDate range (1 year)",
+            "/studies",
+            f"StudyDate=20100101-20101231&{limit}&{OHIF_INCLUDE}",
+        ),
+        "qido_modality": Qido(
+            "QIDO ModalitiesInStudy=MR", "/studies", f"ModalitiesInStudy=MR&{limit}&{OHIF_INCLUDE}"
+        ),
         "qido_series_of_study": Qido("QIDO series of a study", f"/studies/{study_uid}/series"),
         "qido_instances_of_series": Qido(
             f"QIDO instances of a {big_count}-instance series",
@@ -64,12 +69,23 @@ def qido(session: requests.Session, root: str, query: Qido) -> float:
 def _find_identifier(level: str, **values: str) -> Dataset:
     ds = Dataset()
     ds.QueryRetrieveLevel = level
-    for keyword in ("StudyInstanceUID", "PatientName", "PatientID", "StudyDate",
-                    "ModalitiesInStudy", "StudyDescription", "AccessionNumber"):
+    for keyword in (
+        "StudyInstanceUID",
+        "PatientName",
+        "PatientID",
+        "StudyDate",
+        "ModalitiesInStudy",
+        "StudyDescription",
+        "AccessionNumber",
+    ):
         setattr(ds, keyword, values.get(keyword, ""))
     if level == "SERIES":
-        for keyword in ("SeriesInstanceUID", "Modality", "SeriesNumber",
-                        "NumberOfSeriesRelatedInstances"):
+        for keyword in (
+            "SeriesInstanceUID",
+            "Modality",
+            "SeriesNumber",
+            "NumberOfSeriesRelatedInstances",
+        ):
             setattr(ds, keyword, values.get(keyword, ""))
     return ds
 
@@ -77,12 +93,18 @@ def _find_identifier(level: str, **values: str) -> Dataset:
 def cfind_queries(study_uid: str) -> dict[str, tuple[str, Dataset]]:
     """The C-FIND queries measured (Study Root), keyed by result name."""
     return {
-        "cfind_study_patient": ("C-FIND studies of one patient ID",
-                                _find_identifier("STUDY", PatientID="TINY0000010")),
-        "cfind_study_date": ("C-FIND studies in one month",
-                             _find_identifier("STUDY", StudyDate="20100101-20100131")),
-        "cfind_series_of_study": ("C-FIND series of a study",
-                                  _find_identifier("SERIES", StudyInstanceUID=study_uid)),
+        "cfind_study_patient": (
+            "C-FIND studies of one patient ID",
+            _find_identifier("STUDY", PatientID="TINY0000010"),
+        ),
+        "cfind_study_date": (
+            "C-FIND studies in one month",
+            _find_identifier("STUDY", StudyDate="20100101-20100131"),
+        ),
+        "cfind_series_of_study": (
+            "C-FIND series of a study",
+            _find_identifier("SERIES", StudyInstanceUID=study_uid),
+        ),
     }
 
 

@@ -23,8 +23,9 @@ def check(response: requests.Response, what: str) -> requests.Response:
     if response.status_code in NOT_OFFERED:
         raise NotAvailable(f"{what}: HTTP {response.status_code}")
     if response.status_code >= 400:
-        raise requests.HTTPError(f"{what}: HTTP {response.status_code} "
-                                 f"{response.text[:200]!r}", response=response)
+        raise requests.HTTPError(
+            f"{what}: HTTP {response.status_code} {response.text[:200]!r}", response=response
+        )
     return response
 
 

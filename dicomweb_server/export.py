@@ -171,8 +171,10 @@ class ExportSummary:
     entries: list[dict[str, Any]] = field(default_factory=list)
 
     def report(self) -> str:
-        return (f"exported {self.instances} instances ({self.bytes:,} bytes) of "
-                f"{self.series} series in {self.studies} studies")
+        return (
+            f"exported {self.instances} instances ({self.bytes:,} bytes) of "
+            f"{self.series} series in {self.studies} studies"
+        )
 
 
 def _instances(archive: Archive, selection: Selection) -> Iterator[tuple[str, StoredInstance]]:
@@ -183,9 +185,7 @@ def _instances(archive: Archive, selection: Selection) -> Iterator[tuple[str, St
 
 def count(archive: Archive, selection: Selection) -> int:
     """How many instances :func:`export` will write (for the progress bar)."""
-    return sum(
-        len(archive.instances(uid, selection.series_uid)) for uid, _ in selection.studies
-    )
+    return sum(len(archive.instances(uid, selection.series_uid)) for uid, _ in selection.studies)
 
 
 def export(
@@ -203,12 +203,14 @@ def export(
     series: set[str] = set()
     try:
         for patient, instance in _instances(archive, selection):
-            name = "/".join([
-                patient,
-                _uid(instance.study_uid, "study"),
-                _uid(instance.series_uid, "series"),
-                _uid(instance.sop_uid, "SOP instance") + ".dcm",
-            ])
+            name = "/".join(
+                [
+                    patient,
+                    _uid(instance.study_uid, "study"),
+                    _uid(instance.series_uid, "series"),
+                    _uid(instance.sop_uid, "SOP instance") + ".dcm",
+                ]
+            )
             with archive.open(instance) as source:
                 sha256 = sink.write(name, source, instance.size)
             if instance.sha256 and sha256 != instance.sha256:
@@ -216,16 +218,18 @@ def export(
                     f"stored file of {instance.sop_uid} does not match its SHA-256 at "
                     "ingest; run `dicomweb-server verify`"
                 )
-            summary.entries.append({
-                "path": name,
-                "study_uid": instance.study_uid,
-                "series_uid": instance.series_uid,
-                "sop_instance_uid": instance.sop_uid,
-                "sop_class_uid": instance.sop_class_uid,
-                "transfer_syntax_uid": instance.transfer_syntax_uid,
-                "size": instance.size,
-                "sha256": sha256,
-            })
+            summary.entries.append(
+                {
+                    "path": name,
+                    "study_uid": instance.study_uid,
+                    "series_uid": instance.series_uid,
+                    "sop_instance_uid": instance.sop_uid,
+                    "sop_class_uid": instance.sop_class_uid,
+                    "transfer_syntax_uid": instance.transfer_syntax_uid,
+                    "size": instance.size,
+                    "sha256": sha256,
+                }
+            )
             series.add(instance.series_uid)
             summary.instances += 1
             summary.bytes += instance.size

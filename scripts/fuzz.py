@@ -110,8 +110,14 @@ def read_parts(
     return parts
 
 
-def check_multipart_random(body: bytes, boundary: bytes, sizes: list[int],
-                           read_sizes: list[int], chunk: int, max_parts: int) -> None:
+def check_multipart_random(
+    body: bytes,
+    boundary: bytes,
+    sizes: list[int],
+    read_sizes: list[int],
+    chunk: int,
+    max_parts: int,
+) -> None:
     """Any bytes at all: parts, or a MultipartError; never another exception."""
     try:
         read_parts(ChunkedStream(body, sizes), boundary, read_sizes, max_parts, chunk)
@@ -120,8 +126,9 @@ def check_multipart_random(body: bytes, boundary: bytes, sizes: list[int],
         COUNTS["multipart"][f"refused: {type(exc).__name__}"] += 1
 
 
-def check_multipart_roundtrip(parts: list[bytes], boundary: bytes, sizes: list[int],
-                              read_sizes: list[int], chunk: int) -> None:
+def check_multipart_roundtrip(
+    parts: list[bytes], boundary: bytes, sizes: list[int], read_sizes: list[int], chunk: int
+) -> None:
     """A well-formed body gives back exactly its parts, whatever the chunking."""
     body = build_body([({"Content-Type": "application/dicom"}, p) for p in parts], boundary)
     got = read_parts(ChunkedStream(body, sizes), boundary, read_sizes, 0, chunk)
@@ -141,11 +148,24 @@ def multipart_bodies(draw: Any) -> tuple[bytes, bytes]:
     boundary = draw(boundaries)
     pieces = []
     for _ in range(draw(st.integers(0, 8))):
-        pieces.append(draw(st.sampled_from([
-            b"--" + boundary + b"\r\n", b"--" + boundary + b"--", b"\r\n--" + boundary,
-            b"\r\n", b"\r\n\r\n", b"Content-Type: application/dicom\r\n", b"--", b" \t",
-            b"X" * draw(st.integers(0, 2000)), b"Header-Without-Colon\r\n",
-        ])))
+        pieces.append(
+            draw(
+                st.sampled_from(
+                    [
+                        b"--" + boundary + b"\r\n",
+                        b"--" + boundary + b"--",
+                        b"\r\n--" + boundary,
+                        b"\r\n",
+                        b"\r\n\r\n",
+                        b"Content-Type: application/dicom\r\n",
+                        b"--",
+                        b" \t",
+                        b"X" * draw(st.integers(0, 2000)),
+                        b"Header-Without-Colon\r\n",
+                    ]
+                )
+            )
+        )
         pieces.append(draw(st.binary(max_size=200)))
     body = b"".join(pieces)
     if draw(st.booleans()):
@@ -162,40 +182,101 @@ multipart_cases = st.one_of(
 # -- query ----------------------------------------------------------------------------
 
 KEYS = [
-    "PatientName", "PatientID", "StudyDate", "StudyTime", "AccessionNumber", "StudyID",
-    "StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality",
-    "ModalitiesInStudy", "SeriesNumber", "InstanceNumber", "ReferringPhysicianName",
-    "StudyDescription", "SeriesDescription", "PatientBirthDate", "PatientSex",
-    "SOPClassUID", "SOPClassesInStudy", "NumberOfStudyRelatedInstances",
-    "00100010", "0020000D", "00080020", "7FE00010", "FFFFFFFF", "00000000",
+    "PatientName",
+    "PatientID",
+    "StudyDate",
+    "StudyTime",
+    "AccessionNumber",
+    "StudyID",
+    "StudyInstanceUID",
+    "SeriesInstanceUID",
+    "SOPInstanceUID",
+    "Modality",
+    "ModalitiesInStudy",
+    "SeriesNumber",
+    "InstanceNumber",
+    "ReferringPhysicianName",
+    "StudyDescription",
+    "SeriesDescription",
+    "PatientBirthDate",
+    "PatientSex",
+    "SOPClassUID",
+    "SOPClassesInStudy",
+    "NumberOfStudyRelatedInstances",
+    "00100010",
+    "0020000D",
+    "00080020",
+    "7FE00010",
+    "FFFFFFFF",
+    "00000000",
     "RequestAttributesSequence.ScheduledProcedureStepID",
-    "RequestAttributesSequence.RequestedProcedureID", "PerformedProcedureStepStartDate",
-    "PerformedProcedureStepStartTime", "IssuerOfPatientID", "TimezoneOffsetFromUTC",
+    "RequestAttributesSequence.RequestedProcedureID",
+    "PerformedProcedureStepStartDate",
+    "PerformedProcedureStepStartTime",
+    "IssuerOfPatientID",
+    "TimezoneOffsetFromUTC",
 ]
 VALUE_PIECES = [
-    "*", "?", "-", "\\", "^", "=", "%", "_", "'", '"', ";--", "1.2.3", "20200101",
-    "2020", "101500", "10:15", ".", "0", "-1", " ", "\0", "\x7f", "é", "\u00b2", "DOE",
-    "99999999999999999999999", "19000101-", "-20991231", "1.2.3\\1.2.4", "A*B?C",
+    "*",
+    "?",
+    "-",
+    "\\",
+    "^",
+    "=",
+    "%",
+    "_",
+    "'",
+    '"',
+    ";--",
+    "1.2.3",
+    "20200101",
+    "2020",
+    "101500",
+    "10:15",
+    ".",
+    "0",
+    "-1",
+    " ",
+    "\0",
+    "\x7f",
+    "é",
+    "\u00b2",
+    "DOE",
+    "99999999999999999999999",
+    "19000101-",
+    "-20991231",
+    "1.2.3\\1.2.4",
+    "A*B?C",
 ]
 values_st = st.one_of(
     st.text(max_size=40),
     st.lists(st.sampled_from(VALUE_PIECES), max_size=6).map("".join),
 )
-keys_st = st.one_of(st.sampled_from(KEYS), st.text(max_size=30),
-                    st.from_regex(r"[0-9A-Fa-f]{8}", fullmatch=True))
+keys_st = st.one_of(
+    st.sampled_from(KEYS), st.text(max_size=30), st.from_regex(r"[0-9A-Fa-f]{8}", fullmatch=True)
+)
 filters_st = st.dictionaries(keys_st, values_st, max_size=4)
 query_cases = st.tuples(
-    st.sampled_from(list(Level)), filters_st,
+    st.sampled_from(list(Level)),
+    filters_st,
     st.lists(st.one_of(st.sampled_from([*KEYS, "all"]), st.text(max_size=12)), max_size=3),
-    st.booleans(), st.one_of(st.none(), st.integers(0, 50)), st.integers(0, 10),
+    st.booleans(),
+    st.one_of(st.none(), st.integers(0, 50)),
+    st.integers(0, 10),
 )
 
 
 def check_query(archive: Archive, case: tuple) -> None:
     level, filters, return_keys, fuzzy, limit, offset = case
     try:
-        query = Query(level=level, filters=filters, return_keys=tuple(return_keys),
-                      fuzzy=fuzzy, limit=limit, offset=offset)
+        query = Query(
+            level=level,
+            filters=filters,
+            return_keys=tuple(return_keys),
+            fuzzy=fuzzy,
+            limit=limit,
+            offset=offset,
+        )
         archive.search(query)
         COUNTS["query"]["answered"] += 1
     except InvalidQuery:
@@ -206,8 +287,12 @@ def check_qido(base_url: str, case: tuple) -> None:
     import requests
 
     level, filters, return_keys, fuzzy, limit, offset = case
-    path = {Level.PATIENT: "/studies", Level.STUDY: "/studies", Level.SERIES: "/series",
-            Level.IMAGE: "/instances"}[level]
+    path = {
+        Level.PATIENT: "/studies",
+        Level.STUDY: "/studies",
+        Level.SERIES: "/series",
+        Level.IMAGE: "/instances",
+    }[level]
     params: list[tuple[str, str]] = list(filters.items())
     params += [("includefield", k) for k in return_keys]
     params.append(("fuzzymatching", "true" if fuzzy else "false"))
@@ -265,9 +350,20 @@ mutation = st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, 1 << 20), st.just(0)),
     st.tuples(st.just("insert"), st.integers(0, 1 << 20), st.binary(min_size=1, max_size=16)),
     st.tuples(st.just("delete"), st.integers(0, 1 << 20), st.integers(1, 64)),
-    st.tuples(st.just("set"), st.integers(0, 1 << 20),
-              st.sampled_from([b"\xff\xff\xff\xff", b"\x00\x00\x00\x00", b"\xfe\xff\x00\xe0",
-                               b"SQ\x00\x00", b"OB\x00\x00", b"UN\x00\x00"])),
+    st.tuples(
+        st.just("set"),
+        st.integers(0, 1 << 20),
+        st.sampled_from(
+            [
+                b"\xff\xff\xff\xff",
+                b"\x00\x00\x00\x00",
+                b"\xfe\xff\x00\xe0",
+                b"SQ\x00\x00",
+                b"OB\x00\x00",
+                b"UN\x00\x00",
+            ]
+        ),
+    ),
 )
 # Mutations cluster in the header (the first ~1.5 kB of CT_small) half of the time.
 mutations_st = st.lists(mutation, min_size=1, max_size=4)
@@ -304,8 +400,11 @@ def check_ingest(target: IngestTarget, mutations: list[tuple], header_bias: bool
         if result.status.value == "stored":
             target.stored += 1
             with archive.reader() as session:
-                row = session.query(Instance.storage_key, Instance.sha256).filter(
-                    Instance.sop_uid == result.sop_uid).one()
+                row = (
+                    session.query(Instance.storage_key, Instance.sha256)
+                    .filter(Instance.sop_uid == result.sop_uid)
+                    .one()
+                )
             assert row.sha256 == hashlib.sha256(data).hexdigest(), "stored hash differs"
             stored = archive.storage.path(row.storage_key).read_bytes()
             assert stored == data, "the stored file is not the input"
@@ -322,17 +421,22 @@ def check_consistent(archive: Archive) -> None:
         rows = dict(session.query(Instance.storage_key, Instance.sha256).all())
     root = archive.settings.storage.data_dir
     files = {p.relative_to(root).as_posix() for p in root.rglob("*.dcm")}
-    assert files == set(rows), f"unindexed files {sorted(files - set(rows))[:5]}, " \
+    assert files == set(rows), (
+        f"unindexed files {sorted(files - set(rows))[:5]}, "
         f"rows without files {sorted(set(rows) - files)[:5]}"
+    )
     for key, sha in rows.items():
         assert hashlib.sha256((root / key).read_bytes()).hexdigest() == sha, key
 
 
 def fuzz_settings(folder: Path) -> Settings:
-    return load_settings(None, storage={"data_dir": folder, "fsync": False},
-                         database={"url": "", "sqlite_synchronous": "OFF"},
-                         http={"host": "127.0.0.1", "port": 0},
-                         dimse={"host": "127.0.0.1", "port": 0})
+    return load_settings(
+        None,
+        storage={"data_dir": folder, "fsync": False},
+        database={"url": "", "sqlite_synchronous": "OFF"},
+        http={"host": "127.0.0.1", "port": 0},
+        dimse={"host": "127.0.0.1", "port": 0},
+    )
 
 
 # -- runner ---------------------------------------------------------------------------
@@ -340,8 +444,13 @@ def fuzz_settings(folder: Path) -> Settings:
 
 def run(name: str, test: Callable[..., None], cases: int, rng_seed: int) -> float:
     """Run a hypothesis-wrapped ``test`` for ``cases`` examples; returns seconds."""
-    configured = settings(max_examples=cases, deadline=None, database=None,
-                          suppress_health_check=list(HealthCheck), print_blob=True)
+    configured = settings(
+        max_examples=cases,
+        deadline=None,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        print_blob=True,
+    )
     start = time.perf_counter()
     seed(rng_seed)(configured(test))()
     return time.perf_counter() - start
@@ -351,14 +460,25 @@ def targets(folder: Path) -> Iterator[tuple[str, Callable[..., None], Callable[[
     """(name, hypothesis test, cleanup) for every target."""
 
     @given(multipart_cases, sizes_st, read_sizes_st, st.integers(1, 256), st.integers(0, 5))
-    def multipart(case: tuple[bytes, bytes], sizes: list[int], read_sizes: list[int],
-                  chunk: int, max_parts: int) -> None:
+    def multipart(
+        case: tuple[bytes, bytes],
+        sizes: list[int],
+        read_sizes: list[int],
+        chunk: int,
+        max_parts: int,
+    ) -> None:
         check_multipart_random(case[0], case[1], sizes, read_sizes, chunk, max_parts)
 
-    @given(st.lists(st.binary(max_size=300), max_size=5), boundaries, sizes_st,
-           read_sizes_st, st.integers(1, 256))
-    def roundtrip(parts: list[bytes], boundary: bytes, sizes: list[int],
-                  read_sizes: list[int], chunk: int) -> None:
+    @given(
+        st.lists(st.binary(max_size=300), max_size=5),
+        boundaries,
+        sizes_st,
+        read_sizes_st,
+        st.integers(1, 256),
+    )
+    def roundtrip(
+        parts: list[bytes], boundary: bytes, sizes: list[int], read_sizes: list[int], chunk: int
+    ) -> None:
         # A part that holds the delimiter cannot be sent with this boundary (RFC 2046
         # 5.1.1 obliges the sender to choose another).
         if any(b"\r\n--" + boundary in b"\r\n" + p + b"\r\n" for p in parts):
@@ -412,8 +532,9 @@ def seed_archive(archive: Archive) -> None:
     from tests.factory import make_instance, to_bytes
 
     for n in range(6):
-        ds = make_instance(PatientName=f"Doe^{n}", PatientID=f"P{n % 3}",
-                           Modality=("CT", "MR")[n % 2])
+        ds = make_instance(
+            PatientName=f"Doe^{n}", PatientID=f"P{n % 3}", Modality=("CT", "MR")[n % 2]
+        )
         archive.store(io.BytesIO(to_bytes(ds)), Origin("FUZZ"))
 
 

@@ -52,9 +52,9 @@ def with_dimse(settings: Settings, **dimse: Any) -> Settings:
 def running_server(settings: Settings, archive: Archive) -> Iterator[dimse_scp.ServerHandle]:
     """Our DIMSE listener over ``archive`` on a free port, for a test module's fixture::
 
-        @pytest.fixture
-        def dimse_server(settings, archive):
-            yield from running_server(settings, archive)
+    @pytest.fixture
+    def dimse_server(settings, archive):
+        yield from running_server(settings, archive)
     """
     handle = dimse_scp.start(settings, archive)
     try:
@@ -134,5 +134,7 @@ def require_search(archive: Archive) -> None:
     try:
         archive.search(Query(Level.STUDY, filters={"StudyInstanceUID": "1.2.3"}))
     except NotImplementedError:
-        pytest.skip("archive.search (archive/query.py) is not implemented yet in this tree; "
-                    "C-FIND and relational retrieve need it")
+        pytest.skip(
+            "archive.search (archive/query.py) is not implemented yet in this tree; "
+            "C-FIND and relational retrieve need it"
+        )

@@ -16,10 +16,20 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: measurements every smoke run must report, measured or explained
 EXPECTED = [
-    "qido_study_list_60", "qido_patient_name_60", "qido_instances_of_series_60",
-    "cfind_study_patient_60", "cfind_series_of_study_60",
-    "wado_metadata_8", "wado_frame_native", "wado_series_8_MBps", "wado_dx_study_MBps",
-    "stow_1_per_s", "stow_4_per_s", "stow_1_MBps", "storescu_1_per_s", "pynetdicom_1_per_s",
+    "qido_study_list_60",
+    "qido_patient_name_60",
+    "qido_instances_of_series_60",
+    "cfind_study_patient_60",
+    "cfind_series_of_study_60",
+    "wado_metadata_8",
+    "wado_frame_native",
+    "wado_series_8_MBps",
+    "wado_dx_study_MBps",
+    "stow_1_per_s",
+    "stow_4_per_s",
+    "stow_1_MBps",
+    "storescu_1_per_s",
+    "pynetdicom_1_per_s",
 ]
 LIMITS = ["disk_write_fsync_MBps", "loopback_http_sendfile_MBps", "pydicom_header_parse_per_s"]
 
@@ -28,7 +38,10 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
     out = tmp_path / "smoke.json"
     completed = subprocess.run(
         [sys.executable, "-m", "benchmarks.run", "--smoke", "--no-orthanc", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
@@ -52,9 +65,21 @@ def test_limits_only_run_still_starts_our_server(tmp_path: Path) -> None:
     """Our server must start: a smoke run whose server fails exits non-zero."""
     out = tmp_path / "smoke.json"
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--no-orthanc", "--only", "limits",
-         "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.run",
+            "--smoke",
+            "--no-orthanc",
+            "--only",
+            "limits",
+            "--json",
+            str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())

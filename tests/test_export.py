@@ -37,10 +37,14 @@ def _check_manifest(manifest: dict, files: dict[str, bytes], stored: dict[str, b
         assert entry["size"] == len(data)
         assert entry["sha256"] == hashlib.sha256(data).hexdigest()
         assert entry["transfer_syntax_uid"] == "1.2.840.10008.1.2.1"
-        assert entry["path"] == "/".join([
-            entry["path"].split("/")[0], entry["study_uid"], entry["series_uid"],
-            entry["sop_instance_uid"] + ".dcm",
-        ])
+        assert entry["path"] == "/".join(
+            [
+                entry["path"].split("/")[0],
+                entry["study_uid"],
+                entry["series_uid"],
+                entry["sop_instance_uid"] + ".dcm",
+            ]
+        )
 
 
 def test_export_study_to_folder(settings: Settings, archive: Archive, tmp_path: Path) -> None:
@@ -54,10 +58,7 @@ def test_export_study_to_folder(settings: Settings, archive: Archive, tmp_path: 
     assert result.returncode == 0, result.stderr
     assert "exported 2 instances" in result.stdout
     manifest = json.loads((out / "manifest.json").read_text())
-    files = {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in out.rglob("*.dcm")
-    }
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob("*.dcm")}
     # PatientID is free text: sanitised into one harmless path component.
     assert {name.split("/")[0] for name in files} == {"PAT_.._7_x"}
     _check_manifest(manifest, files, _stored(archive, study))
@@ -71,7 +72,13 @@ def test_export_series_to_zip_streams_stored_entries(
     study, series_uid = series[0].StudyInstanceUID, series[0].SeriesInstanceUID
     target = tmp_path / "export.zip"
     result = run_cli(
-        "export", "--study", study, "--series", series_uid, "--to", str(target),
+        "export",
+        "--study",
+        study,
+        "--series",
+        series_uid,
+        "--to",
+        str(target),
         settings=settings,
     )
     assert result.returncode == 0, result.stderr
@@ -90,7 +97,11 @@ def test_export_by_query(settings: Settings, archive: Archive, tmp_path: Path) -
     _store(archive, tmp_path, PatientID="QX2", StudyDate="20240302")  # another patient
     out = tmp_path / "q"
     result = run_cli(
-        "export", "--query", "PatientID=QX1&StudyDate=20240101-20241231", "--to", str(out),
+        "export",
+        "--query",
+        "PatientID=QX1&StudyDate=20240101-20241231",
+        "--to",
+        str(out),
         settings=settings,
     )
     assert result.returncode == 0, result.stderr

@@ -93,8 +93,10 @@ class Uploads:
             series = make_series(rng.randint(1, 4), rows=128, columns=128)
             try:
                 response = requests.post(
-                    self.url + "/studies", data=multipart([to_bytes(d) for d in series]),
-                    headers={"Content-Type": content_type()}, timeout=30,
+                    self.url + "/studies",
+                    data=multipart([to_bytes(d) for d in series]),
+                    headers={"Content-Type": content_type()},
+                    timeout=30,
                 )
             except requests.RequestException:
                 continue  # the server is gone: nothing of this request was acknowledged
@@ -132,9 +134,23 @@ def start_serve(data_dir: Path, database_url: str) -> tuple[subprocess.Popen, st
     env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
     env["DICOMWEB_DATABASE__URL"] = database_url
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomweb_server", "serve", "--http-port", str(http_port),
-         "--dimse-port", str(dimse_port), "--data-dir", str(data_dir), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "dicomweb_server",
+            "serve",
+            "--http-port",
+            str(http_port),
+            "--dimse-port",
+            str(dimse_port),
+            "--data-dir",
+            str(data_dir),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
         start_new_session=True,  # its own process group: gunicorn workers and DIMSE too
     )
     deadline = time.monotonic() + 90
@@ -188,8 +204,9 @@ def test_sigkill_during_stow_and_c_store_loses_nothing_acknowledged(
         assert not missing, f"{len(missing)} acknowledged instances lost"
         sample = sorted(acknowledged)[:5]
         for sop_uid in sample:
-            found = requests.get(url + "/instances", params={"SOPInstanceUID": sop_uid},
-                                 timeout=30).json()
+            found = requests.get(
+                url + "/instances", params={"SOPInstanceUID": sop_uid}, timeout=30
+            ).json()
             assert len(found) == 1
     finally:
         kill_group(process)
@@ -205,7 +222,8 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
     mount_point.mkdir()
     result = subprocess.run(
         ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount_point)],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs here: {result.stderr.strip()}")
@@ -226,8 +244,12 @@ def test_full_disk_is_507_a700_and_recovers(tiny_disk: Path, tmp_path: Path) -> 
         response = None
         for _ in range(40):  # ~130 kB each: the disk fills after about 15
             ds = make_instance(rows=256, columns=256)
-            response = requests.post(web.url + "/studies", data=multipart([to_bytes(ds)]),
-                                     headers={"Content-Type": content_type()}, timeout=30)
+            response = requests.post(
+                web.url + "/studies",
+                data=multipart([to_bytes(ds)]),
+                headers={"Content-Type": content_type()},
+                timeout=30,
+            )
             if response.status_code != 200:
                 break
             stored.append(ds.StudyInstanceUID)
@@ -242,15 +264,21 @@ def test_full_disk_is_507_a700_and_recovers(tiny_disk: Path, tmp_path: Path) -> 
         assert status.Status == 0xA700
         assert list((settings.storage.data_dir / ".tmp").iterdir()) == []
         assert len(assert_consistent(archive)) == len(stored)
-        on_disk = {p.relative_to(settings.storage.data_dir).as_posix()
-                   for p in settings.storage.data_dir.glob("*/*/*.dcm")}
+        on_disk = {
+            p.relative_to(settings.storage.data_dir).as_posix()
+            for p in settings.storage.data_dir.glob("*/*/*.dcm")
+        }
         assert len(on_disk) == len(stored)  # no orphan or partial file
         # Free space, store again.
         for study in stored[:4]:
             assert requests.delete(f"{web.url}/studies/{study}", timeout=30).status_code == 204
         again = make_instance(rows=256, columns=256)
-        response = requests.post(web.url + "/studies", data=multipart([to_bytes(again)]),
-                                 headers={"Content-Type": content_type()}, timeout=30)
+        response = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(again)]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
     finally:
         handle.shutdown()
@@ -340,16 +368,24 @@ def test_postgres_unreachable_is_503_and_recovers(postgres_url: str, tmp_path: P
     handle = dimse_scp.start(settings, archive)
     try:
         first = make_instance()
-        ok = requests.post(web.url + "/studies", data=multipart([to_bytes(first)]),
-                           headers={"Content-Type": content_type()}, timeout=30)
+        ok = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(first)]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert ok.status_code == 200
         proxy.cut()
         qido = requests.get(web.url + "/studies", timeout=30)
         assert qido.status_code == 503, qido.text
         assert "unreachable" in qido.json()["error"]
         lost = make_instance()
-        stow = requests.post(web.url + "/studies", data=multipart([to_bytes(lost)]),
-                             headers={"Content-Type": content_type()}, timeout=30)
+        stow = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(lost)]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert stow.status_code == 503, stow.text
         assert [reason for _, reason in failures(stow.json())] == [0xA700]
         wado = requests.get(f"{web.url}/studies/{first.StudyInstanceUID}/metadata", timeout=30)
@@ -368,8 +404,12 @@ def test_postgres_unreachable_is_503_and_recovers(postgres_url: str, tmp_path: P
                 break
             time.sleep(0.2)
         assert requests.get(web.url + "/studies", timeout=30).status_code == 200
-        again = requests.post(web.url + "/studies", data=multipart([to_bytes(lost)]),
-                              headers={"Content-Type": content_type()}, timeout=30)
+        again = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(lost)]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert again.status_code == 200, again.text
         assoc = associate(handle.port, [CTImageStorage])
         try:

@@ -20,23 +20,33 @@ from dicomweb_server.archive import Archive
 from scripts import fuzz
 from tests.conftest import WebServer
 
-QUICK = settings(max_examples=300, deadline=None, database=None,
-                 suppress_health_check=list(HealthCheck))
+QUICK = settings(
+    max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck)
+)
 
 
 @QUICK
-@given(fuzz.multipart_cases, fuzz.sizes_st, fuzz.read_sizes_st, st.integers(1, 256),
-       st.integers(0, 5))
+@given(
+    fuzz.multipart_cases, fuzz.sizes_st, fuzz.read_sizes_st, st.integers(1, 256), st.integers(0, 5)
+)
 def test_multipart_reader_raises_only_multipart_errors(
-    case: tuple[bytes, bytes], sizes: list[int], read_sizes: list[int], chunk: int,
+    case: tuple[bytes, bytes],
+    sizes: list[int],
+    read_sizes: list[int],
+    chunk: int,
     max_parts: int,
 ) -> None:
     fuzz.check_multipart_random(case[0], case[1], sizes, read_sizes, chunk, max_parts)
 
 
 @QUICK
-@given(st.lists(st.binary(max_size=300), max_size=5), fuzz.boundaries, fuzz.sizes_st,
-       fuzz.read_sizes_st, st.integers(1, 256))
+@given(
+    st.lists(st.binary(max_size=300), max_size=5),
+    fuzz.boundaries,
+    fuzz.sizes_st,
+    fuzz.read_sizes_st,
+    st.integers(1, 256),
+)
 def test_multipart_reader_returns_the_parts_whatever_the_chunking(
     parts: list[bytes], boundary: bytes, sizes: list[int], read_sizes: list[int], chunk: int
 ) -> None:
@@ -73,6 +83,7 @@ def test_search_answers_or_refuses_with_invalid_query(query_archive: Archive) ->
 def test_qido_over_http_answers_only_200_or_400(query_archive: Archive) -> None:
     web = WebServer(query_archive.settings, query_archive)
     try:
+
         @settings(QUICK, max_examples=150)
         @given(fuzz.query_cases)
         def run(case: tuple) -> None:
@@ -87,6 +98,7 @@ def test_mutated_instances_are_stored_exactly_or_refused(tmp_path: Path) -> None
     archive = Archive(fuzz.fuzz_settings(tmp_path / "i"))
     target = fuzz.IngestTarget(archive, fuzz.base_instance())
     try:
+
         @settings(QUICK, max_examples=400)
         @given(fuzz.mutations_st, fuzz.header_bias_st)
         def run(mutations: list[tuple], header_bias: bool) -> None:

@@ -105,10 +105,15 @@ RESOURCES = [
 def test_malformed_uids_in_urls_are_refused_and_touch_nothing(served, tmp_path: Path) -> None:
     _settings, archive, web = served
     stored = make_instance()
-    assert requests.post(
-        web.url + "/studies", data=multipart([to_bytes(stored)]), headers={
-            "Content-Type": content_type()}, timeout=30
-    ).status_code == 200
+    assert (
+        requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(stored)]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        ).status_code
+        == 200
+    )
     sentinel = tmp_path / "etc" / "passwd"
     sentinel.parent.mkdir()
     sentinel.write_text("keep me")
@@ -121,7 +126,9 @@ def test_malformed_uids_in_urls_are_refused_and_touch_nothing(served, tmp_path: 
             connection = http.client.HTTPConnection("127.0.0.1", web.port, timeout=30)
             try:
                 connection.request(
-                    method, path, body=body if method == "POST" else None,
+                    method,
+                    path,
+                    body=body if method == "POST" else None,
                     headers={"Content-Type": content_type()} if method == "POST" else {},
                 )
                 status = connection.getresponse().status
@@ -147,8 +154,12 @@ def test_qido_values_with_sql_and_like_metacharacters_match_literally(served) ->
     for value in [*NASTY_IDS, "AXB", "AxxB", "OBrien", "500"]:
         ds = make_instance(PatientID=value.replace("\\", "/"))
         studies[value] = ds.StudyInstanceUID
-        response = requests.post(web.url + "/studies", data=multipart([to_bytes(ds)]),
-                                 headers={"Content-Type": content_type()}, timeout=30)
+        response = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(ds)]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert response.status_code == 200, response.text
     for value in NASTY_IDS:
         response = requests.get(web.url + "/studies", params={"PatientID": value}, timeout=30)
@@ -192,8 +203,12 @@ def traversal_instance() -> bytes:
 
 def test_dataset_with_path_uids_is_refused_by_stow(served, tmp_path: Path) -> None:
     settings, archive, web = served
-    response = requests.post(web.url + "/studies", data=multipart([traversal_instance()]),
-                             headers={"Content-Type": content_type()}, timeout=30)
+    response = requests.post(
+        web.url + "/studies",
+        data=multipart([traversal_instance()]),
+        headers={"Content-Type": content_type()},
+        timeout=30,
+    )
     # Every instance refused as not understood: 400 (PS3.18 Table 10.5.3-1).
     assert response.status_code == 400, response.text
     assert [reason for _, reason in failures(response.json())] == [0xC000]
@@ -233,15 +248,17 @@ def test_body_over_max_request_size_with_content_length_is_413(tmp_path: Path) -
         series = make_series(4, rows=64, columns=64)  # ~8.7 kB each
         body = multipart([to_bytes(d) for d in series])
         assert len(body) > 20_000
-        response = requests.post(web.url + "/studies", data=body,
-                                 headers={"Content-Type": content_type()}, timeout=30)
+        response = requests.post(
+            web.url + "/studies", data=body, headers={"Content-Type": content_type()}, timeout=30
+        )
         assert response.status_code == 413
         assert "http.max_request_size" in response.json()["error"]
         assert archive.count_instances() == 0
         # A body within the limit still works.
         small = multipart([to_bytes(series[0])])
-        ok = requests.post(web.url + "/studies", data=small,
-                           headers={"Content-Type": content_type()}, timeout=30)
+        ok = requests.post(
+            web.url + "/studies", data=small, headers={"Content-Type": content_type()}, timeout=30
+        )
         assert ok.status_code == 200
     finally:
         web.stop()
@@ -256,8 +273,9 @@ def test_chunked_body_over_max_request_size_stops_at_the_limit(tmp_path: Path) -
         series = make_series(6, rows=64, columns=64)
         body = multipart([to_bytes(d) for d in series])
         chunks = (body[i : i + 4096] for i in range(0, len(body), 4096))
-        response = requests.post(web.url + "/studies", data=chunks,
-                                 headers={"Content-Type": content_type()}, timeout=30)
+        response = requests.post(
+            web.url + "/studies", data=chunks, headers={"Content-Type": content_type()}, timeout=30
+        )
         assert response.request.headers.get("Transfer-Encoding") == "chunked"
         assert response.status_code == 413
         stored = stored_uids(archive, series[0].StudyInstanceUID)
@@ -277,8 +295,12 @@ def test_bare_chunked_dicom_body_over_the_limit_is_413(tmp_path: Path) -> None:
     try:
         data = to_bytes(make_instance(rows=64, columns=64))
         chunks = (data[i : i + 1000] for i in range(0, len(data), 1000))
-        response = requests.post(web.url + "/studies", data=chunks,
-                                 headers={"Content-Type": "application/dicom"}, timeout=30)
+        response = requests.post(
+            web.url + "/studies",
+            data=chunks,
+            headers={"Content-Type": "application/dicom"},
+            timeout=30,
+        )
         assert response.status_code == 413
         assert archive.count_instances() == 0
     finally:
@@ -290,16 +312,24 @@ def test_parts_over_max_parts_is_413_and_earlier_parts_are_kept(tmp_path: Path) 
     _settings, archive, web = limited(tmp_path, http={"max_parts": 3})
     try:
         series = make_series(5)
-        response = requests.post(web.url + "/studies",
-                                 data=multipart([to_bytes(d) for d in series]),
-                                 headers={"Content-Type": content_type()}, timeout=30)
+        response = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(d) for d in series]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert response.status_code == 413
         assert "max_parts" in response.headers["Warning"]
         assert stored_uids(archive, series[0].StudyInstanceUID) == {
-            d.SOPInstanceUID for d in series[:3]}
+            d.SOPInstanceUID for d in series[:3]
+        }
         exact = make_series(3)
-        ok = requests.post(web.url + "/studies", data=multipart([to_bytes(d) for d in exact]),
-                           headers={"Content-Type": content_type()}, timeout=30)
+        ok = requests.post(
+            web.url + "/studies",
+            data=multipart([to_bytes(d) for d in exact]),
+            headers={"Content-Type": content_type()},
+            timeout=30,
+        )
         assert ok.status_code == 200
     finally:
         web.stop()
@@ -311,8 +341,9 @@ def test_many_empty_parts_do_not_hang_or_crash(tmp_path: Path) -> None:
     try:
         body = b"".join(b"--b\r\n\r\n\r\n" for _ in range(5000)) + b"--b--\r\n"
         start = time.monotonic()
-        response = requests.post(web.url + "/studies", data=body,
-                                 headers={"Content-Type": content_type("b")}, timeout=30)
+        response = requests.post(
+            web.url + "/studies", data=body, headers={"Content-Type": content_type("b")}, timeout=30
+        )
         assert response.status_code == 413
         assert time.monotonic() - start < 10
     finally:

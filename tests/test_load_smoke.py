@@ -12,7 +12,9 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "load.py"
 def test_short_load_run_has_no_errors_and_loses_nothing() -> None:
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--seconds", "5", "--workers", "1"],
-        capture_output=True, text=True, timeout=240,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "lost: 0" in result.stdout

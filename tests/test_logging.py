@@ -64,7 +64,8 @@ def dimse_server(settings: Settings, archive: Archive):  # type: ignore[no-untyp
 def _stow(url: str, body: bytes, **headers: str) -> requests.Response:
     boundary = "log-test"
     data = (
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + body
+        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+        + body
         + f"\r\n--{boundary}--\r\n".encode()
     )
     ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
@@ -93,13 +94,13 @@ def test_malformed_request_ids_are_replaced(web: WebServer, offered: str) -> Non
 
 
 def test_each_request_gets_its_own_id(web: WebServer) -> None:
-    ids = {requests.get(web.url + "/studies", timeout=30).headers["X-Request-ID"]
-           for _ in range(3)}
+    ids = {requests.get(web.url + "/studies", timeout=30).headers["X-Request-ID"] for _ in range(3)}
     assert len(ids) == 3
 
 
 def test_association_id_is_on_every_line_of_the_association(
-    dimse_server, json_log: JsonLog  # type: ignore[no-untyped-def]
+    dimse_server,
+    json_log: JsonLog,  # type: ignore[no-untyped-def]
 ) -> None:
     assoc = associate(dimse_server.port, [CTImageStorage])
     assert assoc.is_established
@@ -121,7 +122,9 @@ def test_association_id_is_on_every_line_of_the_association(
 
 
 def test_no_patient_name_or_id_in_info_lines(
-    web: WebServer, dimse_server, json_log: JsonLog  # type: ignore[no-untyped-def]
+    web: WebServer,
+    dimse_server,
+    json_log: JsonLog,  # type: ignore[no-untyped-def]
 ) -> None:
     over_http = make_instance(PatientName=NAME, PatientID=PATIENT_ID)
     assert _stow(web.url, to_bytes(over_http)).status_code == 200
@@ -142,8 +145,11 @@ def test_no_patient_name_or_id_in_info_lines(
             break
         dimse_server.thread.join(0.05)
     # werkzeug's access log is the test server's (``serve`` runs gunicorn, access log off).
-    info = [json.dumps(line) for line in lines
-            if line["level"] == "INFO" and line["logger"] != "werkzeug"]
+    info = [
+        json.dumps(line)
+        for line in lines
+        if line["level"] == "INFO" and line["logger"] != "werkzeug"
+    ]
     assert any("dicomweb_server.audit" in line and "PatientName" in line for line in info), (
         "the search's audit line should name the key it searched by"
     )

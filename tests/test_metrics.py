@@ -77,14 +77,17 @@ def delta(before: Samples, after: Samples, name: str, **labels: str) -> float:
 def stow(url: str, datasets: list) -> requests.Response:  # type: ignore[type-arg]
     """STOW-RS of ``datasets`` in one multipart/related body."""
     boundary = "metrics-test-boundary"
-    body = b"".join(
-        f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode() + to_bytes(ds) + b"\r\n"
-        for ds in datasets
-    ) + f"--{boundary}--\r\n".encode()
-    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
-    return requests.post(
-        url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=60
+    body = (
+        b"".join(
+            f"--{boundary}\r\nContent-Type: application/dicom\r\n\r\n".encode()
+            + to_bytes(ds)
+            + b"\r\n"
+            for ds in datasets
+        )
+        + f"--{boundary}--\r\n".encode()
     )
+    ctype = f'multipart/related; type="application/dicom"; boundary={boundary}'
+    return requests.post(url + "/studies", data=body, headers={"Content-Type": ctype}, timeout=60)
 
 
 def test_http_requests_are_counted_by_route_not_path(web: WebServer) -> None:
@@ -101,21 +104,62 @@ def test_http_requests_are_counted_by_route_not_path(web: WebServer) -> None:
     after = scrape_after(web.root, before, 5)
 
     route = "/dicom-web/studies/<study>/series"
-    assert delta(before, after, "dicomweb_http_requests_total",
-                 route=route, method="GET", status="200") == 2
-    assert delta(before, after, "dicomweb_http_requests_total",
-                 route="/dicom-web/studies", method="POST", status="200") == 1
-    assert delta(before, after, "dicomweb_http_requests_total",
-                 route="/dicom-web/studies/<study>/metadata", method="GET", status="404") == 1
-    assert delta(before, after, "dicomweb_http_requests_total",
-                 route="unmatched", method="GET", status="404") == 1
-    assert delta(before, after, "dicomweb_http_request_duration_seconds_count",
-                 route=route, method="GET") == 2
-    assert delta(before, after, "dicomweb_http_request_bytes_total",
-                 route="/dicom-web/studies") == body_size
+    assert (
+        delta(
+            before, after, "dicomweb_http_requests_total", route=route, method="GET", status="200"
+        )
+        == 2
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "dicomweb_http_requests_total",
+            route="/dicom-web/studies",
+            method="POST",
+            status="200",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "dicomweb_http_requests_total",
+            route="/dicom-web/studies/<study>/metadata",
+            method="GET",
+            status="404",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before,
+            after,
+            "dicomweb_http_requests_total",
+            route="unmatched",
+            method="GET",
+            status="404",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before, after, "dicomweb_http_request_duration_seconds_count", route=route, method="GET"
+        )
+        == 2
+    )
+    assert (
+        delta(before, after, "dicomweb_http_request_bytes_total", route="/dicom-web/studies")
+        == body_size
+    )
     assert delta(before, after, "dicomweb_http_response_bytes_total", route=route) > 0
-    assert delta(before, after, "dicomweb_instances_received_total",
-                 protocol="STOW-RS", outcome="stored") == 3
+    assert (
+        delta(
+            before, after, "dicomweb_instances_received_total", protocol="STOW-RS", outcome="stored"
+        )
+        == 3
+    )
     # The index gauges are counted at scrape time from this test's own archive.
     assert value(after, "dicomweb_index_size", level="instances") == 3
     assert value(after, "dicomweb_index_size", level="series") == 1
@@ -133,17 +177,31 @@ def test_failed_and_duplicate_instances_are_counted(web: WebServer) -> None:
     del broken.SOPInstanceUID  # an instance without its identity is refused
     stow(web.url, [broken])
     after = scrape_after(web.root, before, 2)
-    assert delta(before, after, "dicomweb_instances_received_total",
-                 protocol="STOW-RS", outcome="duplicate") == 1
-    assert delta(before, after, "dicomweb_instances_received_total",
-                 protocol="STOW-RS", outcome="failed") == 1
+    assert (
+        delta(
+            before,
+            after,
+            "dicomweb_instances_received_total",
+            protocol="STOW-RS",
+            outcome="duplicate",
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before, after, "dicomweb_instances_received_total", protocol="STOW-RS", outcome="failed"
+        )
+        == 1
+    )
 
 
 def test_whole_file_retrieve_counts_its_bytes(web: WebServer) -> None:
     [ds] = make_series(1)
     assert stow(web.url, [ds]).status_code == 200
-    url = (f"{web.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
-           f"/instances/{ds.SOPInstanceUID}")
+    url = (
+        f"{web.url}/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
+        f"/instances/{ds.SOPInstanceUID}"
+    )
     before = scrape(web.root)
     response = requests.get(
         url, headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30
@@ -151,8 +209,9 @@ def test_whole_file_retrieve_counts_its_bytes(web: WebServer) -> None:
     assert response.status_code == 200
     after = scrape_after(web.root, before, 1)
     route = "/dicom-web/studies/<study>/series/<series>/instances/<sop>"
-    assert delta(before, after, "dicomweb_http_response_bytes_total",
-                 route=route) == len(response.content)
+    assert delta(before, after, "dicomweb_http_response_bytes_total", route=route) == len(
+        response.content
+    )
 
 
 @pytest.fixture
@@ -181,12 +240,24 @@ def test_dimse_associations_operations_and_stores(web: WebServer, dimse_server) 
         assert time.monotonic() < deadline, "the association never counted as closed"
         time.sleep(0.05)
     assert delta(before, after, "dicomweb_dimse_associations_total") == 1
-    assert delta(before, after, "dicomweb_dimse_operations_total",
-                 operation="C-ECHO", status="success") == 1
-    assert delta(before, after, "dicomweb_dimse_operations_total",
-                 operation="C-STORE", status="success") == 2
-    assert delta(before, after, "dicomweb_instances_received_total",
-                 protocol="DIMSE", outcome="stored") == 2
+    assert (
+        delta(
+            before, after, "dicomweb_dimse_operations_total", operation="C-ECHO", status="success"
+        )
+        == 1
+    )
+    assert (
+        delta(
+            before, after, "dicomweb_dimse_operations_total", operation="C-STORE", status="success"
+        )
+        == 2
+    )
+    assert (
+        delta(
+            before, after, "dicomweb_instances_received_total", protocol="DIMSE", outcome="stored"
+        )
+        == 2
+    )
 
 
 def test_metrics_need_no_credentials_when_auth_is_on(tmp_path: Path) -> None:
@@ -208,10 +279,25 @@ def test_metrics_need_no_credentials_when_auth_is_on(tmp_path: Path) -> None:
 def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
     http_port, dimse_port = free_port(), free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "dicomweb_server", "serve", "--http-port", str(http_port),
-         "--dimse-port", str(dimse_port), "--aet", "ARCHIVE", "--data-dir",
-         str(tmp_path / "d"), "--workers", "2"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "dicomweb_server",
+            "serve",
+            "--http-port",
+            str(http_port),
+            "--dimse-port",
+            str(dimse_port),
+            "--aet",
+            "ARCHIVE",
+            "--data-dir",
+            str(tmp_path / "d"),
+            "--workers",
+            "2",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 90
@@ -225,7 +311,8 @@ def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
 
 def _clean_env() -> dict[str, str]:
     return {
-        k: v for k, v in os.environ.items()
+        k: v
+        for k, v in os.environ.items()
         if not k.startswith("DICOMWEB_") and k != "PROMETHEUS_MULTIPROC_DIR"
     }
 
@@ -244,10 +331,12 @@ def test_serve_sums_every_worker_and_the_dimse_process(tmp_path: Path) -> None:
         with ThreadPoolExecutor(8) as pool:
             # New connections until both workers have answered some (bounded).
             while len(_pids(folder)) < 2 and sent < 400:
-                codes = list(pool.map(
-                    lambda _: requests.get(root + "/health", timeout=30).status_code,
-                    range(20),
-                ))
+                codes = list(
+                    pool.map(
+                        lambda _: requests.get(root + "/health", timeout=30).status_code,
+                        range(20),
+                    )
+                )
                 assert codes == [200] * 20
                 sent += 20
         assert len(_pids(folder)) >= 2, "one worker answered every request"
@@ -264,20 +353,31 @@ def test_serve_sums_every_worker_and_the_dimse_process(tmp_path: Path) -> None:
         retrieved = requests.get(
             f"{root}/dicom-web/studies/{ds.StudyInstanceUID}/series/{ds.SeriesInstanceUID}"
             f"/instances/{ds.SOPInstanceUID}",
-            headers={"Accept": "application/dicom; transfer-syntax=*"}, timeout=30,
+            headers={"Accept": "application/dicom; transfer-syntax=*"},
+            timeout=30,
         )
         assert retrieved.status_code == 200
         assert retrieved.headers["X-Request-ID"]
         samples = scrape_after(root, {}, sent + 1)
-        assert value(samples, "dicomweb_http_requests_total",
-                     route="/health", method="GET", status="200") == sent
-        assert value(samples, "dicomweb_http_response_bytes_total",
-                     route="/dicom-web/studies/<study>/series/<series>/instances/<sop>"
-                     ) == len(retrieved.content)
-        assert value(samples, "dicomweb_instances_received_total",
-                     protocol="DIMSE", outcome="stored") == 2
-        assert value(samples, "dicomweb_dimse_operations_total",
-                     operation="C-STORE", status="success") == 2
+        assert (
+            value(
+                samples, "dicomweb_http_requests_total", route="/health", method="GET", status="200"
+            )
+            == sent
+        )
+        assert value(
+            samples,
+            "dicomweb_http_response_bytes_total",
+            route="/dicom-web/studies/<study>/series/<series>/instances/<sop>",
+        ) == len(retrieved.content)
+        assert (
+            value(samples, "dicomweb_instances_received_total", protocol="DIMSE", outcome="stored")
+            == 2
+        )
+        assert (
+            value(samples, "dicomweb_dimse_operations_total", operation="C-STORE", status="success")
+            == 2
+        )
         assert value(samples, "dicomweb_index_size", level="instances") == 2
         assert len(_pids(folder)) >= 3  # two workers and the DIMSE child
 
@@ -292,5 +392,7 @@ def test_serve_sets_up_multiprocess_metrics_on_its_own(tmp_path: Path) -> None:
         assoc.release()
         # Stored in the DIMSE process, counted in the scrape of a web worker.
         samples = scrape(root)
-        assert value(samples, "dicomweb_instances_received_total",
-                     protocol="DIMSE", outcome="stored") == 1
+        assert (
+            value(samples, "dicomweb_instances_received_total", protocol="DIMSE", outcome="stored")
+            == 1
+        )

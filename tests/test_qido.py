@@ -42,9 +42,15 @@ def data(archive: Archive) -> Data:
     store(study_uid=d.studies[0], Modality="MR", SeriesNumber=2)
     names = ["Müller^Jürgen", "Percent^100%", "O'Neil^Ann", "Doe^Jane"]
     for i, name in enumerate(names, start=1):
-        store(study_uid=d.studies[i], PatientName=name, PatientID=f"P{i}",
-              Modality="US" if i % 2 else "MR", SpecificCharacterSet="ISO_IR 100",
-              AccessionNumber=f"A{i}", StudyDate=f"2021010{i}")
+        store(
+            study_uid=d.studies[i],
+            PatientName=name,
+            PatientID=f"P{i}",
+            Modality="US" if i % 2 else "MR",
+            SpecificCharacterSet="ISO_IR 100",
+            AccessionNumber=f"A{i}",
+            StudyDate=f"2021010{i}",
+        )
     return d
 
 
@@ -62,15 +68,19 @@ class TestDicomwebClient:
         assert _uids(found) == [data.studies[3]]
 
     def test_fuzzymatching(self, dicomweb: DICOMwebClient, data: Data) -> None:
-        found = dicomweb.search_for_studies(search_filters={"PatientName": "jürg"},
-                                            fuzzymatching=True)
+        found = dicomweb.search_for_studies(
+            search_filters={"PatientName": "jürg"}, fuzzymatching=True
+        )
         assert _uids(found) == [data.studies[1]]
-        assert dicomweb.search_for_studies(search_filters={"PatientName": "jürg"},
-                                           fuzzymatching=False) == []
+        assert (
+            dicomweb.search_for_studies(search_filters={"PatientName": "jürg"}, fuzzymatching=False)
+            == []
+        )
 
     def test_fields_limit_offset(self, dicomweb: DICOMwebClient, data: Data) -> None:
-        found = dicomweb.search_for_studies(fields=["StudyDescription", "00081070"], limit=2,
-                                            offset=1)
+        found = dicomweb.search_for_studies(
+            fields=["StudyDescription", "00081070"], limit=2, offset=1
+        )
         assert _uids(found) == data.studies[1:3]
         assert found[0]["00081030"]["Value"] == ["CT chest"]
         assert found[0]["00081070"] == {"vr": "PN"}  # asked for, not stored: empty
@@ -82,7 +92,8 @@ class TestDicomwebClient:
         found = dicomweb.search_for_series(search_filters={"Modality": "US"})
         assert _uids(found) == [data.studies[1], data.studies[3]]
         instances = dicomweb.search_for_instances(
-            study_instance_uid=data.studies[0], series_instance_uid=data.ct_series)
+            study_instance_uid=data.studies[0], series_instance_uid=data.ct_series
+        )
         assert _uids(instances, "00080018") == data.ct_sops
         found = dicomweb.search_for_instances(search_filters={"PatientID": "P4"})
         assert len(found) == 1 and found[0]["00100020"]["Value"] == ["P4"]
@@ -117,41 +128,54 @@ class TestHttp:
         assert response.json() == []
         assert "Warning" not in response.headers
 
-    @pytest.mark.parametrize("accept, status, media_type", [
-        (None, 200, "application/dicom+json"),
-        ("*/*", 200, "application/dicom+json"),
-        ("application/dicom+json", 200, "application/dicom+json"),
-        ("application/json", 200, "application/json"),
-        ('multipart/related; type="application/dicom+xml"', 406, None),
-        ("image/png", 406, None),
-    ])
-    def test_accept(self, web: WebServer, accept: str | None, status: int,
-                    media_type: str | None) -> None:
+    @pytest.mark.parametrize(
+        "accept, status, media_type",
+        [
+            (None, 200, "application/dicom+json"),
+            ("*/*", 200, "application/dicom+json"),
+            ("application/dicom+json", 200, "application/dicom+json"),
+            ("application/json", 200, "application/json"),
+            ('multipart/related; type="application/dicom+xml"', 406, None),
+            ("image/png", 406, None),
+        ],
+    )
+    def test_accept(
+        self, web: WebServer, accept: str | None, status: int, media_type: str | None
+    ) -> None:
         headers = {"Accept": accept} if accept else {}
         response = requests.get(f"{web.url}/studies", headers=headers)
         assert response.status_code == status
         if media_type:
             assert response.headers["Content-Type"] == media_type
 
-    @pytest.mark.parametrize("query, parameter", [
-        ("StudyDate=2020-01", "StudyDate"),
-        ("NotAnAttribute=1", "NotAnAttribute"),
-        ("StudyInstanceUID=1.2.x", "StudyInstanceUID"),
-        ("limit=-1", "limit"),
-        ("limit=ten", "limit"),
-        ("offset=x", "offset"),
-        ("fuzzymatching=maybe", "fuzzymatching"),
-        ("includefield=NoSuchKeyword", "includefield"),
-    ])
-    def test_invalid_parameter_is_400_naming_it(self, web: WebServer, query: str,
-                                                parameter: str) -> None:
+    @pytest.mark.parametrize(
+        "query, parameter",
+        [
+            ("StudyDate=2020-01", "StudyDate"),
+            ("NotAnAttribute=1", "NotAnAttribute"),
+            ("StudyInstanceUID=1.2.x", "StudyInstanceUID"),
+            ("limit=-1", "limit"),
+            ("limit=ten", "limit"),
+            ("offset=x", "offset"),
+            ("fuzzymatching=maybe", "fuzzymatching"),
+            ("includefield=NoSuchKeyword", "includefield"),
+        ],
+    )
+    def test_invalid_parameter_is_400_naming_it(
+        self, web: WebServer, query: str, parameter: str
+    ) -> None:
         response = requests.get(f"{web.url}/studies?{query}")
         assert response.status_code == 400
         assert parameter in response.json()["error"]
 
-    @pytest.mark.parametrize("path", [
-        "/studies/1.2.abc/series", "/studies/01.2/instances", "/studies/1.2/series/x/instances",
-    ])
+    @pytest.mark.parametrize(
+        "path",
+        [
+            "/studies/1.2.abc/series",
+            "/studies/01.2/instances",
+            "/studies/1.2/series/x/instances",
+        ],
+    )
     def test_malformed_uid_in_path_is_400(self, web: WebServer, path: str) -> None:
         response = requests.get(web.url + path)
         assert response.status_code == 400
@@ -161,7 +185,8 @@ class TestHttp:
         response = requests.get(f"{web.url}/studies", params={"limit": "2"})
         assert len(response.json()) == 2
         assert response.headers["Warning"] == (
-            f'299 {web.url}: "There are additional results that can be requested"')
+            f'299 {web.url}: "There are additional results that can be requested"'
+        )
         last = requests.get(f"{web.url}/studies", params={"limit": "2", "offset": "3"})
         assert len(last.json()) == 2 and "Warning" not in last.headers
         exact = requests.get(f"{web.url}/studies", params={"limit": "5"})
@@ -227,9 +252,11 @@ class TestHttp:
             assert _uids(response.json(), "0020000E") == [ds.SeriesInstanceUID]
 
     def test_scoped_instances(self, web: WebServer, data: Data) -> None:
-        response = requests.get(f"{web.url}/studies/{data.studies[0]}/instances",
-                                params={"InstanceNumber": "2"})
+        response = requests.get(
+            f"{web.url}/studies/{data.studies[0]}/instances", params={"InstanceNumber": "2"}
+        )
         assert _uids(response.json(), "00080018") == [data.ct_sops[1]]
         other = requests.get(
-            f"{web.url}/studies/{data.studies[1]}/series/{data.ct_series}/instances")
+            f"{web.url}/studies/{data.studies[1]}/series/{data.ct_series}/instances"
+        )
         assert other.status_code == 200 and other.json() == []

@@ -46,30 +46,56 @@ def data(archive: Archive) -> Data:
     """Three patients, three studies; study A has two CT series and an MR series."""
     d = Data(uid(), uid(), uid(), uid(), uid(), uid(), [])
     for n in (1, 2):
-        ds = make_instance(study_uid=d.a, series_uid=d.a_ct, InstanceNumber=n,
-                           OperatorsName="Op^One")
+        ds = make_instance(
+            study_uid=d.a, series_uid=d.a_ct, InstanceNumber=n, OperatorsName="Op^One"
+        )
         d.a_sops.append(ds.SOPInstanceUID)
         _store(archive, ds)
     ds = make_instance(study_uid=d.a, series_uid=d.a_ct2, SeriesNumber=3, InstanceNumber=1)
     d.a_sops.append(ds.SOPInstanceUID)
     _store(archive, ds)
-    _store(archive, make_instance(
-        study_uid=d.a, series_uid=d.a_mr, Modality="MR", SeriesNumber=2,
-        SeriesDescription="T1 sag", PerformedProcedureStepStartDate="20240115",
-        PerformedProcedureStepStartTime="103000",
-        RequestAttributesSequence=_request("SPS1", "RP1"),
-    ))
-    _store(archive, make_instance(
-        study_uid=d.b, PatientName="Smith^Jane", PatientID="PID002", PatientSex="F",
-        StudyDate="20230601", StudyTime="083000", AccessionNumber="A%C_1", Modality="MR",
-        ReferringPhysicianName="O'Brien^Pat", StudyDescription="Knee 100%",
-        RequestAttributesSequence=_request("SPS2", "RP2"),
-    ))
-    _store(archive, make_instance(
-        study_uid=d.c, PatientName="Müller^Jürgen", PatientID="P_03", StudyDate="20220301",
-        StudyTime="140000", AccessionNumber="AXC11", Modality="US",
-        SpecificCharacterSet="ISO_IR 100",
-    ))
+    _store(
+        archive,
+        make_instance(
+            study_uid=d.a,
+            series_uid=d.a_mr,
+            Modality="MR",
+            SeriesNumber=2,
+            SeriesDescription="T1 sag",
+            PerformedProcedureStepStartDate="20240115",
+            PerformedProcedureStepStartTime="103000",
+            RequestAttributesSequence=_request("SPS1", "RP1"),
+        ),
+    )
+    _store(
+        archive,
+        make_instance(
+            study_uid=d.b,
+            PatientName="Smith^Jane",
+            PatientID="PID002",
+            PatientSex="F",
+            StudyDate="20230601",
+            StudyTime="083000",
+            AccessionNumber="A%C_1",
+            Modality="MR",
+            ReferringPhysicianName="O'Brien^Pat",
+            StudyDescription="Knee 100%",
+            RequestAttributesSequence=_request("SPS2", "RP2"),
+        ),
+    )
+    _store(
+        archive,
+        make_instance(
+            study_uid=d.c,
+            PatientName="Müller^Jürgen",
+            PatientID="P_03",
+            StudyDate="20220301",
+            StudyTime="140000",
+            AccessionNumber="AXC11",
+            Modality="US",
+            SpecificCharacterSet="ISO_IR 100",
+        ),
+    )
     return d
 
 
@@ -117,8 +143,15 @@ class TestLevels:
         assert _value(a, "00080056") == "ONLINE"
         assert _value(a, "00081030") == "CT chest"  # StudyDescription from the study JSON
         assert _value(a, "00100020") == "PID001"  # patient attributes merged
-        required = ("00080020", "00080030", "00080050", "00080090", "00100030", "00100040",
-                    "00200010")
+        required = (
+            "00080020",
+            "00080030",
+            "00080050",
+            "00080090",
+            "00100030",
+            "00100040",
+            "00200010",
+        )
         for key in required:
             assert key in a
         assert list(a) == sorted(a)
@@ -163,8 +196,9 @@ class TestMatching:
         assert _studies(archive, PatientName="Doe") == []  # single value: whole name
 
     def test_names_with_ideographic_groups(self, archive: Archive, data: Data) -> None:
-        ds = make_instance(PatientName="Yamada^Tarou=山田^太郎", PatientID="JP1",
-                           SpecificCharacterSet="ISO_IR 192")
+        ds = make_instance(
+            PatientName="Yamada^Tarou=山田^太郎", PatientID="JP1", SpecificCharacterSet="ISO_IR 192"
+        )
         _store(archive, ds)
         assert _studies(archive, PatientName="Yamada^Tarou=山田^太郎") == [ds.StudyInstanceUID]
         assert _studies(archive, PatientName="yamada^tarou*") == [ds.StudyInstanceUID]
@@ -207,11 +241,18 @@ class TestMatching:
         assert _studies(archive, StudyTime="1200-") == [data.c]
         assert _studies(archive, StudyTime="083000") == [data.b]
 
-    @pytest.mark.parametrize("key, value", [
-        ("StudyDate", "2023-01"), ("StudyDate", "20231340"), ("StudyDate", "-"),
-        ("StudyTime", "25x"), ("StudyInstanceUID", "1.2.abc"), ("SeriesNumber", "one"),
-        ("NoSuchKeyword", "x"),
-    ])
+    @pytest.mark.parametrize(
+        "key, value",
+        [
+            ("StudyDate", "2023-01"),
+            ("StudyDate", "20231340"),
+            ("StudyDate", "-"),
+            ("StudyTime", "25x"),
+            ("StudyInstanceUID", "1.2.abc"),
+            ("SeriesNumber", "one"),
+            ("NoSuchKeyword", "x"),
+        ],
+    )
     def test_malformed_values_name_the_key(
         self, archive: Archive, data: Data, key: str, value: str
     ) -> None:
@@ -230,12 +271,18 @@ class TestMatching:
 
     def test_fuzzy_person_names(self, archive: Archive, data: Data) -> None:
         fuzzy = {"level": Level.STUDY, "fuzzy": True}
-        assert [r["0020000D"]["Value"][0] for r in archive.search(
-            Query(filters={"PatientName": "joh"}, **fuzzy))] == [data.a]
-        assert [r["0020000D"]["Value"][0] for r in archive.search(
-            Query(filters={"PatientName": "JÜRG"}, **fuzzy))] == [data.c]
-        assert [r["0020000D"]["Value"][0] for r in archive.search(
-            Query(filters={"ReferringPhysicianName": "pat"}, **fuzzy))] == [data.b]
+        assert [
+            r["0020000D"]["Value"][0]
+            for r in archive.search(Query(filters={"PatientName": "joh"}, **fuzzy))
+        ] == [data.a]
+        assert [
+            r["0020000D"]["Value"][0]
+            for r in archive.search(Query(filters={"PatientName": "JÜRG"}, **fuzzy))
+        ] == [data.c]
+        assert [
+            r["0020000D"]["Value"][0]
+            for r in archive.search(Query(filters={"ReferringPhysicianName": "pat"}, **fuzzy))
+        ] == [data.b]
         assert _studies(archive, PatientName="joh") == []
 
     def test_series_keys_at_study_level_return_each_study_once(
@@ -254,8 +301,9 @@ class TestMatching:
         key = "RequestAttributesSequence.ScheduledProcedureStepID"
         results = _search(archive, Level.SERIES, filters={key: "SPS1"})
         assert [_value(r, "0020000E") for r in results] == [data.a_mr]
-        results = _search(archive, Level.SERIES,
-                          filters={"RequestAttributesSequence.RequestedProcedureID": "RP*"})
+        results = _search(
+            archive, Level.SERIES, filters={"RequestAttributesSequence.RequestedProcedureID": "RP*"}
+        )
         assert len(results) == 2
 
     def test_upper_level_keys_at_lower_levels(self, archive: Archive, data: Data) -> None:
@@ -265,8 +313,9 @@ class TestMatching:
         assert [_value(r, "0020000D") for r in results] == [data.c]
 
     def test_upper_level_uid_filter_scopes_like_cfind(self, archive: Archive, data: Data) -> None:
-        results = _search(archive, Level.SERIES,
-                          filters={"StudyInstanceUID": data.b, "Modality": ""})
+        results = _search(
+            archive, Level.SERIES, filters={"StudyInstanceUID": data.b, "Modality": ""}
+        )
         [series] = results
         assert _value(series, "0020000D") == data.b
         assert "00100010" not in series  # scoped: C-FIND gets no unasked study keys
@@ -285,8 +334,14 @@ class TestReturnKeys:
     ) -> None:
         [a] = _search(archive, Level.STUDY, study_uid=data.a, return_keys=["OperatorsName"])
         assert a["00081070"]["Value"] == [{"Alphabetic": "Op^One"}]
-        [inst] = _search(archive, Level.IMAGE, study_uid=data.a, series_uid=data.a_ct,
-                         filters={"InstanceNumber": "1"}, return_keys=["00281050"])
+        [inst] = _search(
+            archive,
+            Level.IMAGE,
+            study_uid=data.a,
+            series_uid=data.a_ct,
+            filters={"InstanceNumber": "1"},
+            return_keys=["00281050"],
+        )
         assert inst["00281050"]["Value"] == [40]
 
     def test_requested_absent_key_is_returned_empty(self, archive: Archive, data: Data) -> None:
@@ -298,8 +353,9 @@ class TestReturnKeys:
         assert "00280010" not in b and "00080060" not in b
 
     def test_all(self, archive: Archive, data: Data) -> None:
-        [mr] = _search(archive, Level.SERIES, study_uid=data.a, series_uid=data.a_mr,
-                       return_keys=["all"])
+        [mr] = _search(
+            archive, Level.SERIES, study_uid=data.a, series_uid=data.a_mr, return_keys=["all"]
+        )
         assert _value(mr, "0008103E") == "T1 sag"
         assert _value(mr, "00400244") == "20240115"
 

@@ -115,8 +115,11 @@ SERIES_UID = _kw("SeriesInstanceUID")
 SOP_UID = _kw("SOPInstanceUID")
 NUMBER_OF_FRAMES = _kw("NumberOfFrames")
 COUNTS = {
-    "patient": (_kw("NumberOfPatientRelatedStudies"), _kw("NumberOfPatientRelatedSeries"),
-                _kw("NumberOfPatientRelatedInstances")),
+    "patient": (
+        _kw("NumberOfPatientRelatedStudies"),
+        _kw("NumberOfPatientRelatedSeries"),
+        _kw("NumberOfPatientRelatedInstances"),
+    ),
     "study": (_kw("NumberOfStudyRelatedSeries"), _kw("NumberOfStudyRelatedInstances")),
     "series": (_kw("NumberOfSeriesRelatedInstances"),),
 }
@@ -125,9 +128,21 @@ COUNTS = {
 #: 10.6.3-5 (type R) and PS3.4 C.6.1.1 (required and unique keys).
 REQUIRED: dict[Level, tuple[str, ...]] = {
     Level.PATIENT: tuple(_kw(k) for k in ("PatientName", "PatientID")),
-    Level.STUDY: tuple(_kw(k) for k in (
-        "StudyDate", "StudyTime", "AccessionNumber", "ReferringPhysicianName", "PatientName",
-        "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "StudyID")),
+    Level.STUDY: tuple(
+        _kw(k)
+        for k in (
+            "StudyDate",
+            "StudyTime",
+            "AccessionNumber",
+            "ReferringPhysicianName",
+            "PatientName",
+            "PatientID",
+            "PatientBirthDate",
+            "PatientSex",
+            "StudyInstanceUID",
+            "StudyID",
+        )
+    ),
     Level.SERIES: tuple(_kw(k) for k in ("Modality", "SeriesInstanceUID", "SeriesNumber")),
     Level.IMAGE: tuple(_kw(k) for k in ("SOPClassUID", "SOPInstanceUID", "InstanceNumber")),
 }
@@ -136,7 +151,8 @@ REQUIRED: dict[Level, tuple[str, ...]] = {
 _OWN_KEYS: dict[Level, frozenset[str]] = {
     Level.PATIENT: frozenset(LEVEL_KEYS[Level.PATIENT]) | set(COUNTS["patient"]),
     Level.STUDY: frozenset(LEVEL_KEYS[Level.PATIENT] + LEVEL_KEYS[Level.STUDY])
-    | set(COUNTS["study"]) | {MODALITIES_IN_STUDY, SOP_CLASSES_IN_STUDY, INSTANCE_AVAILABILITY},
+    | set(COUNTS["study"])
+    | {MODALITIES_IN_STUDY, SOP_CLASSES_IN_STUDY, INSTANCE_AVAILABILITY},
     Level.SERIES: frozenset(LEVEL_KEYS[Level.SERIES]) | set(COUNTS["series"]) | {STUDY_UID},
     Level.IMAGE: frozenset(LEVEL_KEYS[Level.IMAGE])
     | {STUDY_UID, SERIES_UID, INSTANCE_AVAILABILITY, NUMBER_OF_FRAMES},
@@ -175,10 +191,9 @@ def _any(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
 
 def _match_text(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
     """Single value or wildcard matching of a string (PS3.4 C.2.2.2.1, C.2.2.2.4)."""
-    return _any([
-        _wildcard(column, v, dialect) if _has_wildcard(v) else column == v
-        for v in _values(value)
-    ])
+    return _any(
+        [_wildcard(column, v, dialect) if _has_wildcard(v) else column == v for v in _values(value)]
+    )
 
 
 def _match_uid(column: Any, value: str, name: str) -> ColumnElement[bool]:
@@ -194,8 +209,9 @@ def _match_uid(column: Any, value: str, name: str) -> ColumnElement[bool]:
     return column == uids[0] if len(uids) == 1 else column.in_(uids)
 
 
-def _match_name(key_column: Any, words_column: Any, value: str, fuzzy: bool,
-                dialect: str) -> ColumnElement[bool]:
+def _match_name(
+    key_column: Any, words_column: Any, value: str, fuzzy: bool, dialect: str
+) -> ColumnElement[bool]:
     """PN matching, case-insensitive on the normalised key (PS3.4 C.2.2.2.1).
 
     With fuzzy matching (PS3.18 8.3.4.1 ``fuzzymatching=true``) every word of the value
@@ -206,16 +222,21 @@ def _match_name(key_column: Any, words_column: Any, value: str, fuzzy: bool,
     for v in _values(value):
         if fuzzy:
             words = name_words(v).split()
-            conditions.append(and_(*[
-                _wildcard(words_column, f"* {w}*", dialect) for w in words
-            ]) if words else literal(True))
+            conditions.append(
+                and_(*[_wildcard(words_column, f"* {w}*", dialect) for w in words])
+                if words
+                else literal(True)
+            )
         else:
             normalised = name_key(v)
             # Exact: the whole normalised name, all component groups (PS3.5 6.2.1); an
             # OR with a group prefix would cost PostgreSQL its index (LIKE needs a
             # pattern_ops index there), so "Yamada^Tarou*" is how to ignore later groups.
-            conditions.append(_wildcard(key_column, normalised, dialect)
-                              if _has_wildcard(normalised) else key_column == normalised)
+            conditions.append(
+                _wildcard(key_column, normalised, dialect)
+                if _has_wildcard(normalised)
+                else key_column == normalised
+            )
     return _any(conditions)
 
 
@@ -306,7 +327,9 @@ _MATCHERS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "StudyID": ("study", "text", (ST.c.study_id,)),
     "StudyDescription": ("study", "text", (ST.c.description,)),
     "ReferringPhysicianName": (
-        "study", "name", (ST.c.referring_name_key, ST.c.referring_name_words)
+        "study",
+        "name",
+        (ST.c.referring_name_key, ST.c.referring_name_words),
     ),
     "SeriesInstanceUID": ("series", "uid", (SE.c.series_uid,)),
     "Modality": ("series", "text", (SE.c.modality,)),
@@ -316,10 +339,14 @@ _MATCHERS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
     "PerformedProcedureStepStartTime": ("series", "time", (SE.c.performed_time,)),
     # Sequence matching (PS3.4 C.2.2.2.6) on the first Request Attributes item.
     "RequestAttributesSequence.ScheduledProcedureStepID": (
-        "series", "text", (SE.c.scheduled_step_id,)
+        "series",
+        "text",
+        (SE.c.scheduled_step_id,),
     ),
     "RequestAttributesSequence.RequestedProcedureID": (
-        "series", "text", (SE.c.requested_procedure_id,)
+        "series",
+        "text",
+        (SE.c.requested_procedure_id,),
     ),
     "SOPInstanceUID": ("instance", "uid", (I.c.sop_uid,)),
     "SOPClassUID": ("instance", "uid", (I.c.sop_class_uid,)),
@@ -347,11 +374,13 @@ def _plan(query: Query, dialect: str) -> _Plan:
     filters = dict(query.filters)
     if query.study_uid is not None:
         plan.conditions["study"].append(
-            _match_uid(ST.c.study_uid, query.study_uid, "StudyInstanceUID"))
+            _match_uid(ST.c.study_uid, query.study_uid, "StudyInstanceUID")
+        )
         plan.scoped_study = True
     if query.series_uid is not None:
         plan.conditions["series"].append(
-            _match_uid(SE.c.series_uid, query.series_uid, "SeriesInstanceUID"))
+            _match_uid(SE.c.series_uid, query.series_uid, "SeriesInstanceUID")
+        )
         plan.scoped_series = True
     for raw_key, raw_value in filters.items():
         value = (raw_value or "").strip().strip("\0").strip()
@@ -382,13 +411,19 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
         # A study matches when any of its series has one of the modalities (PS3.4
         # C.6.1.1.3.1); its own EXISTS, independent of other series keys.
         mis = SE.alias("mis")
-        plan.extra.append(exists().where(mis.c.study_pk == ST.c.id)
-                          .where(_match_text(mis.c.modality, value, dialect)))
+        plan.extra.append(
+            exists()
+            .where(mis.c.study_pk == ST.c.id)
+            .where(_match_text(mis.c.modality, value, dialect))
+        )
         return
     if keyword == "SOPClassesInStudy":
         sic = I.alias("sic")
-        plan.extra.append(exists().where(sic.c.study_pk == ST.c.id)
-                          .where(_match_uid(sic.c.sop_class_uid, value, keyword)))
+        plan.extra.append(
+            exists()
+            .where(sic.c.study_pk == ST.c.id)
+            .where(_match_uid(sic.c.sop_class_uid, value, keyword))
+        )
         return
     matcher = _MATCHERS.get(keyword)
     if matcher is None:
@@ -430,8 +465,9 @@ def _below(
     uncorrelated ``IN`` finds the few parents through the UID index instead of probing
     every parent row.
     """
-    names = [n for n in ("study", "series", "instance")
-             if _TABLE_LEVEL[n] > level and conditions[n]]
+    names = [
+        n for n in ("study", "series", "instance") if _TABLE_LEVEL[n] > level and conditions[n]
+    ]
     if not names:
         return []
     deepest = max(_TABLE_LEVEL[n] for n in names)
@@ -475,14 +511,20 @@ def _representative(level: Level, pk: Any) -> Any:
     # first row is one index probe (ordering by the primary key alone lets PostgreSQL
     # walk the whole instances table instead).
     if level is Level.SERIES:
-        sub = (select(I.c.metadata_json).where(I.c.series_pk == pk)
-               .order_by(I.c.series_pk, I.c.instance_number, I.c.id))
+        sub = (
+            select(I.c.metadata_json)
+            .where(I.c.series_pk == pk)
+            .order_by(I.c.series_pk, I.c.instance_number, I.c.id)
+        )
     elif level is Level.STUDY:
-        sub = (select(I.c.metadata_json).where(I.c.study_pk == pk)
-               .order_by(I.c.study_pk, I.c.id))
+        sub = select(I.c.metadata_json).where(I.c.study_pk == pk).order_by(I.c.study_pk, I.c.id)
     else:
-        sub = (select(I.c.metadata_json).join(ST, I.c.study_pk == ST.c.id)
-               .where(ST.c.patient_pk == pk).order_by(ST.c.id, I.c.study_pk, I.c.id))
+        sub = (
+            select(I.c.metadata_json)
+            .join(ST, I.c.study_pk == ST.c.id)
+            .where(ST.c.patient_pk == pk)
+            .order_by(ST.c.id, I.c.study_pk, I.c.id)
+        )
     return sub.limit(1).scalar_subquery()
 
 
@@ -519,7 +561,8 @@ def build(
             keys.append(resolve_key(key)[0])
     keys = [k for k in dict.fromkeys(keys) if not _is_lower(k, level)]
     upper = (level is Level.SERIES and not plan.scoped_study) or (
-        level is Level.IMAGE and not (plan.scoped_study and plan.scoped_series))
+        level is Level.IMAGE and not (plan.scoped_study and plan.scoped_series)
+    )
     known = set(_OWN_KEYS[level])
     if level in (Level.SERIES, Level.IMAGE):
         known |= _OWN_KEYS[Level.STUDY]  # upper JSON is selected when a key needs it
@@ -529,41 +572,69 @@ def build(
 
     columns: list[Any] = []
     if level is Level.PATIENT:
-        columns += [P.c.attributes.label("patient_json"),
-                    select(func.count()).select_from(ST).where(ST.c.patient_pk == P.c.id)
-                    .scalar_subquery().label("n_studies"),
-                    select(func.coalesce(func.sum(ST.c.num_series), 0))
-                    .where(ST.c.patient_pk == P.c.id).scalar_subquery().label("n_series"),
-                    select(func.coalesce(func.sum(ST.c.num_instances), 0))
-                    .where(ST.c.patient_pk == P.c.id).scalar_subquery().label("n_instances")]
+        columns += [
+            P.c.attributes.label("patient_json"),
+            select(func.count())
+            .select_from(ST)
+            .where(ST.c.patient_pk == P.c.id)
+            .scalar_subquery()
+            .label("n_studies"),
+            select(func.coalesce(func.sum(ST.c.num_series), 0))
+            .where(ST.c.patient_pk == P.c.id)
+            .scalar_subquery()
+            .label("n_series"),
+            select(func.coalesce(func.sum(ST.c.num_instances), 0))
+            .where(ST.c.patient_pk == P.c.id)
+            .scalar_subquery()
+            .label("n_instances"),
+        ]
         stmt = select(*columns).select_from(P)
         order = [P.c.id]
     elif level is Level.STUDY:
-        stmt = select(ST.c.study_uid, P.c.attributes.label("patient_json"),
-                      ST.c.attributes.label("study_json"), ST.c.modalities, ST.c.sop_classes,
-                      ST.c.num_series, ST.c.num_instances)
+        stmt = select(
+            ST.c.study_uid,
+            P.c.attributes.label("patient_json"),
+            ST.c.attributes.label("study_json"),
+            ST.c.modalities,
+            ST.c.sop_classes,
+            ST.c.num_series,
+            ST.c.num_instances,
+        )
         stmt = stmt.select_from(ST.join(P, ST.c.patient_pk == P.c.id))
         order = [ST.c.id]
     elif level is Level.SERIES:
-        stmt = select(SE.c.series_uid, ST.c.study_uid, SE.c.attributes.label("series_json"),
-                      SE.c.num_instances).select_from(SE.join(ST, SE.c.study_pk == ST.c.id))
+        stmt = select(
+            SE.c.series_uid,
+            ST.c.study_uid,
+            SE.c.attributes.label("series_json"),
+            SE.c.num_instances,
+        ).select_from(SE.join(ST, SE.c.study_pk == ST.c.id))
         order = [ST.c.id, SE.c.id]
     else:
-        stmt = select(I.c.sop_uid, SE.c.series_uid, ST.c.study_uid,
-                      I.c.attributes.label("instance_json"), I.c.number_of_frames).select_from(
-            I.join(SE, I.c.series_pk == SE.c.id).join(ST, SE.c.study_pk == ST.c.id))
+        stmt = select(
+            I.c.sop_uid,
+            SE.c.series_uid,
+            ST.c.study_uid,
+            I.c.attributes.label("instance_json"),
+            I.c.number_of_frames,
+        ).select_from(I.join(SE, I.c.series_pk == SE.c.id).join(ST, SE.c.study_pk == ST.c.id))
         order = [ST.c.id, SE.c.id, I.c.id]
     need_upper = upper or any(k in known - _OWN_KEYS[level] for k in keys)
     if level in (Level.SERIES, Level.IMAGE):
         if need_upper or plan.conditions["patient"]:
             stmt = stmt.join(P, ST.c.patient_pk == P.c.id)
         if need_upper:
-            stmt = stmt.add_columns(P.c.attributes.label("patient_json"),
-                                    ST.c.attributes.label("study_json"), ST.c.modalities,
-                                    ST.c.num_series, ST.c.num_instances.label("study_instances"))
+            stmt = stmt.add_columns(
+                P.c.attributes.label("patient_json"),
+                ST.c.attributes.label("study_json"),
+                ST.c.modalities,
+                ST.c.num_series,
+                ST.c.num_instances.label("study_instances"),
+            )
         if level is Level.IMAGE and need_upper:
-            stmt = stmt.add_columns(SE.c.attributes.label("series_json"),
-                                    SE.c.num_instances.label("series_instances"))
+            stmt = stmt.add_columns(
+                SE.c.attributes.label("series_json"), SE.c.num_instances.label("series_instances")
+            )
     for name, conditions in plan.conditions.items():
         if _TABLE_LEVEL[name] <= depth:
             stmt = stmt.where(*conditions)
@@ -586,11 +657,12 @@ def build(
 def _is_lower(json_key: str, level: Level) -> bool:
     """Whether a key belongs to a level below ``level``: PS3.18 10.6.3.3 says such
     includefield keys are not returned."""
-    below = _ORDER[_ORDER.index(level) + 1:]
+    below = _ORDER[_ORDER.index(level) + 1 :]
     if level is Level.PATIENT:
         below = (Level.STUDY, Level.SERIES, Level.IMAGE)
     return any(json_key in LEVEL_KEYS[b] for b in below) and not any(
-        json_key in LEVEL_KEYS[a] for a in _ORDER[: _ORDER.index(level) + 1])
+        json_key in LEVEL_KEYS[a] for a in _ORDER[: _ORDER.index(level) + 1]
+    )
 
 
 def search(session: Session, query: Query) -> list[dict[str, Any]]:

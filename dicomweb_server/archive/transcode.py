@@ -217,9 +217,7 @@ def decode_frame(source: Source | Dataset, number: int) -> bytes:
     return np.ascontiguousarray(frame).astype(frame.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def encode_frames(
-    source: Source | Dataset, numbers: list[int], target_ts: str
-) -> list[bytes]:
+def encode_frames(source: Source | Dataset, numbers: list[int], target_ts: str) -> list[bytes]:
     """Frames ``numbers`` compressed as ``target_ts`` (one codestream each).
 
     Used when a client asks for a compressed frame media type the file is not stored in

@@ -154,8 +154,15 @@ EXPLICIT_LE = "1.2.840.10008.1.2.1"
 
 #: Lossy syntaxes: when a file is stored only in one of these, PS3.18 8.7.3.3 lets the
 #: server send it as stored instead of the Explicit VR Little Endian default.
-LOSSY = frozenset({
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.81",
-    "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.93", "1.2.840.10008.1.2.4.203",
-    *COMPRESSED["video/mpeg"], *COMPRESSED["video/mp4"],
-})
+LOSSY = frozenset(
+    {
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.81",
+        "1.2.840.10008.1.2.4.91",
+        "1.2.840.10008.1.2.4.93",
+        "1.2.840.10008.1.2.4.203",
+        *COMPRESSED["video/mpeg"],
+        *COMPRESSED["video/mp4"],
+    }
+)

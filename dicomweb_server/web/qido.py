@@ -82,8 +82,11 @@ def search_study_instances(study: str) -> Response:
 @blueprint.get("/studies/<study>/series/<series>/instances")
 def search_series_instances(study: str, series: str) -> Response:
     """Search for a Study's Series' Instances (PS3.18 10.6.1)."""
-    return _search(Level.IMAGE, study_uid=_uid(study, "StudyInstanceUID"),
-                   series_uid=_uid(series, "SeriesInstanceUID"))
+    return _search(
+        Level.IMAGE,
+        study_uid=_uid(study, "StudyInstanceUID"),
+        series_uid=_uid(series, "SeriesInstanceUID"),
+    )
 
 
 def _uid(value: str, name: str) -> str:
@@ -103,14 +106,16 @@ def _media_type() -> str:
         return DICOM_JSON
     if accepts(header, "application/json"):
         return "application/json"
-    abort(406, description=(
-        f"QIDO-RS here answers only {DICOM_JSON} (or application/json); the Accept "
-        f"header {header!r} allows neither"
-    ))
+    abort(
+        406,
+        description=(
+            f"QIDO-RS here answers only {DICOM_JSON} (or application/json); the Accept "
+            f"header {header!r} allows neither"
+        ),
+    )
 
 
-def parse_query(level: Level, study_uid: str | None = None,
-                series_uid: str | None = None) -> Query:
+def parse_query(level: Level, study_uid: str | None = None, series_uid: str | None = None) -> Query:
     """The request's query parameters (PS3.18 8.3.4) as a :class:`Query`.
 
     Raises :class:`InvalidQuery` naming the parameter that is malformed.
@@ -170,8 +175,7 @@ def _count(name: str, default: int) -> int:
     # value inside a 64-bit SQL integer.
     if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) >= 1 << 63:
         raise InvalidQuery(
-            f"{name}: must be an unsigned integer below 2^63, got {value[:40]!r} "
-            "(PS3.18 8.3.4.4)"
+            f"{name}: must be an unsigned integer below 2^63, got {value[:40]!r} (PS3.18 8.3.4.4)"
         )
     return int(value)
 
@@ -187,8 +191,12 @@ def _search(level: Level, study_uid: str | None = None, series_uid: str | None =
     base = urls.base_url()
     for result in results:
         result[RETRIEVE_URL] = {"vr": "UR", "Value": [_retrieve_url(base, level, result)]}
-    body = urls.expand(json.dumps([dict(sorted(r.items())) for r in results],
-                                  separators=(",", ":"), ensure_ascii=False), base)
+    body = urls.expand(
+        json.dumps(
+            [dict(sorted(r.items())) for r in results], separators=(",", ":"), ensure_ascii=False
+        ),
+        base,
+    )
     response = Response(body, mimetype=media_type)
     if more:
         response.headers["Warning"] = f"299 {base}: {MORE_RESULTS}"
