@@ -337,16 +337,16 @@ class IndexWriter:
         self._rows: list[dict[str, Any]] = []
         self._series: dict[int, int] = {}
         self._studies: dict[int, _StudyDelta] = {}
-        self._existing: dict[str, tuple[int | None, str]] = {}
-        self._added: set[str] = set()
+        #: SOP Instance UIDs indexed already, or added by this batch.
+        self._indexed: set[str] = set()
         for start in range(0, len(sop_uids), 500):
-            rows = self.connection.execute(
-                select(Instance.id, Instance.sop_uid, Instance.storage_key)
-                .where(Instance.sop_uid.in_(sop_uids[start : start + 500]))
-                .with_for_update()
+            self._indexed.update(
+                self.connection.scalars(
+                    select(Instance.sop_uid)
+                    .where(Instance.sop_uid.in_(sop_uids[start : start + 500]))
+                    .with_for_update()
+                )
             )
-            for row in rows:
-                self._existing[row.sop_uid] = (row.id, row.storage_key)
 
     def add(
         self, parsed: ParsedInstance, received: Received, key: str, origin: Origin
@@ -354,14 +354,14 @@ class IndexWriter:
         """Index one instance; returns its status and the key of a copy it replaced."""
         old_key = None
         status = StoreStatus.STORED
-        if parsed.sop_uid in self._added or parsed.sop_uid in self._existing:
+        if parsed.sop_uid in self._indexed:
             if self.settings.duplicate_policy is DuplicatePolicy.KEEP:
                 return StoreStatus.DUPLICATE, None
             if self.settings.duplicate_policy is DuplicatePolicy.REJECT:
                 raise DuplicateInstance(f"SOP Instance {parsed.sop_uid} is stored already")
             old_key = self._remove(parsed.sop_uid)
             status = StoreStatus.REPLACED
-        self._added.add(parsed.sop_uid)
+        self._indexed.add(parsed.sop_uid)
         ds = parsed.dataset
         series_pk, study_pk, new_series = self._parents(parsed)
         self._series[series_pk] = self._series.get(series_pk, 0) + 1
@@ -424,14 +424,10 @@ class IndexWriter:
     def _remove(self, sop_uid: str) -> str:
         """Remove the indexed copy of ``sop_uid`` (policy "replace"); returns its key."""
         self.flush()  # the copy may be one of this batch's own pending rows
-        row = self.connection.execute(
-            select(Instance.id, Instance.storage_key).where(Instance.sop_uid == sop_uid)
-        ).one()
-        remove_instances(self.connection, [row.id])
-        self._existing.pop(sop_uid, None)
-        self._added.discard(sop_uid)
+        instance_id = self.connection.scalar(select(Instance.id).where(Instance.sop_uid == sop_uid))
+        [key] = remove_instances(self.connection, [instance_id])
         self._ids.clear()  # the removal may have deleted a series, study or patient
-        return row.storage_key
+        return key
 
     def _parents(self, parsed: ParsedInstance) -> tuple[int, int, bool]:
         """Ids of the instance's series and study (created if new), and whether the
