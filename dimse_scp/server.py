@@ -236,6 +236,12 @@ class AssociationServer(ThreadedAssociationServer):
         return client, address
 
 
+class SharedPortServer(AssociationServer):
+    """A listener that sibling processes share (``dimse.processes`` > 1)."""
+
+    reuse_port = True
+
+
 #: Seconds between checks of the accept loop for a shutdown request (socketserver's
 #: default of 0.5 s would delay every stop by that much).
 POLL_INTERVAL = 0.05
@@ -280,7 +286,7 @@ def start(settings: Settings, archive: Archive, *, processes: int = 1) -> Server
     ae = build_ae(dimse)
     server_class = AssociationServer
     if processes > 1:
-        server_class = type("SharedPortServer", (AssociationServer,), {"reuse_port": True})
+        server_class = SharedPortServer
         # The cap is on the whole listener: each process takes its share.
         ae.maximum_associations = math.ceil(dimse.max_associations / processes)
     server = ae.make_server(
@@ -330,10 +336,8 @@ def serve_forever(settings: Settings) -> None:
             sibling = context.Process(target=_sibling, args=(settings,), daemon=True)
             sibling.start()
             siblings.append(sibling)
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     try:
-        _listen(settings, stop, announce=True)
+        _listen(settings, announce=True)
     finally:
         for sibling in siblings:
             sibling.terminate()
@@ -346,12 +350,13 @@ def _sibling(settings: Settings) -> None:
     from dicomweb_server import logs
 
     logs.configure(settings.log)
+    _listen(settings, announce=False)
+
+
+def _listen(settings: Settings, *, announce: bool) -> None:
+    """Listen until SIGTERM or Ctrl-C."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    _listen(settings, stop, announce=False)
-
-
-def _listen(settings: Settings, stop: threading.Event, *, announce: bool) -> None:
     archive = Archive(settings)
     handle = start(settings, archive, processes=settings.dimse.processes)
     dimse = settings.dimse
