@@ -284,6 +284,29 @@ def test_duplicate_policy_is_visible_in_the_response(
         archive.close()
 
 
+def test_one_request_carrying_an_instance_twice_keeps_the_last_copy_under_replace(
+    tmp_path: Path, database_url: str
+) -> None:
+    """Both copies are indexed in one transaction: the second replaces the first's
+    pending row, and the first's file is removed."""
+    _, archive, web = _server(tmp_path, database_url, "replace")
+    try:
+        ds = make_instance()
+        changed = Dataset()
+        changed.update(ds)
+        changed.file_meta = ds.file_meta
+        changed.PatientName = "Changed^Name"
+        response = post(web, multipart([to_bytes(ds), to_bytes(changed)]), content_type())
+        assert response.status_code == 200
+        assert len(response.json()["00081199"]["Value"]) == 2
+        [stored] = archive.instances(ds.StudyInstanceUID)
+        assert str(dcmread(archive.path(stored)).PatientName) == "Changed^Name"
+        assert len(list(archive.settings.storage.data_dir.glob("*/*/*.dcm"))) == 1
+    finally:
+        web.stop()
+        archive.close()
+
+
 def test_instance_too_large_is_refused_with_out_of_resources(
     tmp_path: Path, database_url: str
 ) -> None:
