@@ -13,12 +13,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement
+from pydicom.dataelem import DataElement, RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
+from pydicom.uid import UID, ImplicitVRLittleEndian
 from pynetdicom import sop_class
 
 from dicomweb_server.archive import InvalidQuery, Level, Query
@@ -149,38 +150,51 @@ def to_response(
     identifier: Dataset,
     query: Query,
     defaults: Mapping[str, str] | None = None,
+    transfer_syntax: str = ImplicitVRLittleEndian,
 ) -> Dataset:
     """The C-FIND response Identifier for one match: exactly the requested keys.
 
     Keys the match lacks take their value from ``defaults`` (keyword -> value, for
     what the SCP itself knows, such as RetrieveAETitle) or are returned empty (PS3.4
     C.4.1.1.3.2: a return key without a value is sent zero length).
+
+    Text values go in already encoded (:class:`RawDataElement`, UTF-8), and the data set
+    is marked as encoded in ``transfer_syntax``, so that pydicom writes their bytes as
+    they are: a month of studies is hundreds of responses, and building and re-encoding
+    each value as a pydicom element cost more than the search itself.
     """
     defaults = defaults or {}
     response = Dataset()
+    utf8 = False
     for element in identifier:
         tag = element.tag
         if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
             continue
         if tag == QUERY_RETRIEVE_LEVEL:
-            response.QueryRetrieveLevel = query.level.value
+            response[tag] = _raw(tag, "CS", query.level.value)
             continue
         key = f"{int(tag):08X}"
         found = match.get(key)
         if found is not None and (found.get("Value") or element.keyword not in defaults):
+            text = _text(found)
+            if text is not None:
+                response[tag] = _raw(tag, found["vr"], text)
+                utf8 = utf8 or not text.isascii()
+                continue
             try:
                 response[tag] = Dataset.from_json({key: found})[tag]
             except (ValueError, TypeError, OverflowError):
                 # A value the archive kept although its VR forbids it (a DS of "abc"):
                 # returned empty rather than failing the whole match.
                 response[tag] = DataElement(tag, found.get("vr") or element.VR, None)
+            utf8 = utf8 or _needs_utf8(response[tag])
             continue
         scoped = _scoped_value(tag, query)
         if scoped is not None:
-            response[tag] = DataElement(tag, "UI", UID(scoped))
+            response[tag] = _raw(tag, "UI", scoped)
             continue
         if element.keyword in defaults:
-            response[tag] = DataElement(tag, dictionary_VR(tag), defaults[element.keyword])
+            response[tag] = _raw(tag, dictionary_VR(tag), defaults[element.keyword])
             continue
         vr = element.VR
         if vr in ("UN", None):
@@ -189,18 +203,60 @@ def to_response(
             except KeyError:
                 vr = "UN"
         response[tag] = DataElement(tag, vr, [] if vr == "SQ" else None)
-    if _needs_utf8(response):
+    if utf8:
         response.SpecificCharacterSet = UTF8
+    syntax = UID(transfer_syntax)
+    encoding = convert_encodings(UTF8) if utf8 else default_encoding
+    response.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, encoding)
     return response
 
 
-def _needs_utf8(ds: Dataset) -> bool:
-    for element in ds:
-        if element.VR == "SQ":
-            if any(_needs_utf8(item) for item in element.value or []):
-                return True
-            continue
-        text = dicom_string(element)
-        if not text.isascii():
-            return True
-    return False
+#: VRs whose DICOM JSON value is the DICOM string itself (PS3.18 F.2.3), so it can be
+#: encoded once, here.  DS is left to pydicom: a JSON number is not always a valid DS.
+_TEXT_VRS = frozenset(
+    {"AE", "AS", "CS", "DA", "DT", "IS", "LO", "LT", "SH", "ST", "TM", "UC", "UI", "UR", "UT"}
+)
+
+
+def _text(found: Mapping[str, Any]) -> str | None:
+    """The DICOM string of a DICOM JSON text attribute, or ``None`` for anything else
+    (sequences, binary values, bulk data, values of unexpected types)."""
+    vr = found.get("vr")
+    values = found.get("Value")
+    if not values:
+        return "" if vr in _TEXT_VRS or vr == "PN" else None
+    if vr == "PN":
+        if not all(isinstance(v, dict) for v in values):
+            return None
+        return "\\".join(_person_name(v) for v in values)
+    if vr not in _TEXT_VRS:
+        return None
+    if vr == "IS":
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            return None
+    elif not all(isinstance(v, str) for v in values):
+        return None
+    return "\\".join(str(v) for v in values)
+
+
+def _person_name(value: Mapping[str, str]) -> str:
+    """A PN value from its DICOM JSON groups (PS3.18 F.2.2): ``A=I=P``, trailing ``=``
+    removed (PS3.5 6.2.1)."""
+    groups = [value.get(g) or "" for g in ("Alphabetic", "Ideographic", "Phonetic")]
+    return "=".join(groups).rstrip("=")
+
+
+def _raw(tag: BaseTag, vr: str, text: str) -> RawDataElement:
+    """An element whose value is already encoded (UTF-8, padded to even length with
+    NUL for UI and space otherwise, PS3.5 6.2)."""
+    value = text.encode()
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "
+    return RawDataElement(tag, vr, len(value), value, 0, False, True)
+
+
+def _needs_utf8(element: DataElement) -> bool:
+    """Whether a decoded element holds text beyond ASCII, in itself or its items."""
+    if element.VR == "SQ":
+        return any(_needs_utf8(sub) for item in element.value or [] for sub in item)
+    return not dicom_string(element).isascii()

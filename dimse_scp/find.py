@@ -45,9 +45,10 @@ def handle_find(event: Event, runtime: Runtime) -> Iterator[FindReply]:
     # PS3.4 C.4.1.1.3.2 / C.6.1.1.5: where the matches can be retrieved from (this AE)
     # and that everything stored is on line.
     known = {"RetrieveAETitle": runtime.settings.dimse.aet, "InstanceAvailability": "ONLINE"}
+    syntax = event.context.transfer_syntax
     for match in matches:
         if event.is_cancelled:
             yield status.CANCEL, None
             return
-        yield status.PENDING, datasets.to_response(match, identifier, query, known)
+        yield status.PENDING, datasets.to_response(match, identifier, query, known, syntax)
     yield status.SUCCESS, None

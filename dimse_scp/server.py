@@ -100,8 +100,18 @@ def configure_pynetdicom() -> None:
 
     ``STORE_RECV_CHUNKED_DATASET``: a received C-STORE data set goes to a temporary file
     instead of memory, and the handler gets its path (see :mod:`.store`).
+
+    pynetdicom's own logging of every PDU and DIMSE message, and of every C-FIND, C-MOVE
+    and C-GET Identifier, is built whether or not the ``pynetdicom`` logger shows it;
+    our log keeps it at WARNING (:func:`dicomweb_server.logs.configure`) and records one
+    line per association and operation instead.  Unless that logger is opened to INFO,
+    the flags that build those messages are off: pretty-printing every C-FIND response
+    was a fifth of a month-long study search.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
+    verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)
+    _config.LOG_HANDLER_LEVEL = "standard" if verbose else "none"
+    _config.LOG_REQUEST_IDENTIFIERS = _config.LOG_RESPONSE_IDENTIFIERS = verbose
 
 
 def build_ae(settings: DimseSettings) -> AE:

@@ -4,6 +4,7 @@ allow-list, TLS, error statuses, TCP_NODELAY and the association log line."""
 from __future__ import annotations
 
 import datetime as dt
+import io
 import logging
 import socket
 import ssl
@@ -35,7 +36,7 @@ from pynetdicom.sop_class import (
 )
 
 import dimse_scp
-from dicomweb_server.archive import Archive
+from dicomweb_server.archive import Archive, Origin
 from dicomweb_server.config import DuplicatePolicy, Settings
 
 from .dimse_fixtures import (
@@ -45,7 +46,7 @@ from .dimse_fixtures import (
     require_search,
     with_dimse,
 )
-from .factory import make_instance, make_series
+from .factory import make_instance, make_series, to_bytes
 
 
 def _store(port: int, datasets: list[Dataset], **kwargs: object) -> list[Dataset]:
@@ -423,6 +424,72 @@ def test_find_study_root_study_level_wildcard_utf8(
         "StudyDate",
         "PatientID",
     }
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_find_response_in_each_transfer_syntax(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3, syntax: str
+) -> None:
+    """Response values are sent pre-encoded (datasets.to_response): in either syntax of
+    the context they decode to the stored values, non-ASCII names included."""
+    query = _identifier(
+        "STUDY",
+        StudyInstanceUID=stored.a_study,
+        PatientName="",
+        PatientID="",
+        StudyDate="",
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedInstances="",
+        NumberOfStudyRelatedSeries="",
+        StudyDescription="",
+        ReferringPhysicianName="",
+        IssuerOfPatientID="",
+        RetrieveAETitle="",
+        InstanceAvailability="",
+    )
+    assoc = associate(dimse_server.port, QR_CLASSES, syntaxes=[syntax])
+    try:
+        replies = list(assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind))
+        (context,) = {c.transfer_syntax[0] for c in assoc.accepted_contexts}
+    finally:
+        assoc.release()
+    assert context == syntax
+    assert [status.Status for status, _ in replies] == [0xFF00, 0x0000]
+    match = replies[0][1]
+    assert match.SpecificCharacterSet == "ISO_IR 192"
+    assert str(match.PatientName) == "Müller^Jürgen"
+    assert match.StudyInstanceUID == stored.a_study
+    assert (match.PatientID, match.StudyDate) == ("PIDA", "20240115")
+    assert match.ModalitiesInStudy == "CT"
+    assert match.NumberOfStudyRelatedInstances == 3
+    assert match.NumberOfStudyRelatedSeries == 2
+    assert match.StudyDescription == "CT chest"
+    assert str(match.ReferringPhysicianName) == "Smith^Anna"
+    assert match.IssuerOfPatientID == ""  # a return key the match lacks: zero length
+    assert (match.RetrieveAETitle, match.InstanceAvailability) == ("DICOMWEB", "ONLINE")
+    assert match.QueryRetrieveLevel == "STUDY"
+
+
+@pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])
+def test_pynetdicom_message_logging_follows_its_logger(
+    settings: Settings, archive: Archive, caplog: pytest.LogCaptureFixture, level: int
+) -> None:
+    """pynetdicom builds its per-message log lines only when its logger would show
+    them: an operator who opens it to INFO sees every C-FIND Identifier."""
+    require_search(archive)
+    archive.store(io.BytesIO(to_bytes(make_instance(PatientID="LOGGED"))), Origin("IMPORT"))
+    caplog.set_level(level, logger="pynetdicom")
+    handle = dimse_scp.start(settings, archive)
+    try:
+        query = _identifier("STUDY", PatientID="LOGGED", StudyInstanceUID="")
+        statuses, _ = _find(handle.port, StudyRootQueryRetrieveInformationModelFind, query)
+    finally:
+        handle.shutdown()
+    assert statuses == [0xFF00, 0x0000]
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("pynetdicom")]
+    logged = any("Find SCP Request Identifier" in line for line in lines)
+    assert logged is (level == logging.INFO)
+    assert any("LOGGED" in line for line in lines) is (level == logging.INFO)
 
 
 def test_find_study_level_date_range_and_uid_list(
@@ -856,11 +923,6 @@ def test_find_returns_a_malformed_value_empty(
     dimse_server: dimse_scp.ServerHandle, archive: Archive
 ) -> None:
     """A DS of "abc" is stored as received; C-FIND answers the match with it empty."""
-    import io
-
-    from dicomweb_server.archive import Origin
-    from tests.factory import to_bytes
-
     ds = make_instance(PatientWeight="72.5")
     archive.store(io.BytesIO(to_bytes(ds).replace(b"72.5", b"abc ", 1)), Origin("IMPORT"))
     query = Dataset()

@@ -106,6 +106,7 @@ def test_findscu(mover: dimse_scp.ServerHandle, archive: Archive, tmp_path: Path
     (response,) = [dcmread(p) for p in sorted(out.glob("rsp*.dcm"))]
     assert response.StudyInstanceUID == series[0].StudyInstanceUID
     assert str(response.PatientName) == "Dcmtk^Test"
+    assert response.NumberOfStudyRelatedInstances == len(series)
 
 
 def test_movescu(
