@@ -13,6 +13,7 @@ processes) keeps that folder; clearing it between runs is then theirs to do.
 
 from __future__ import annotations
 
+import gc
 import logging
 import multiprocessing
 import os
@@ -82,9 +83,18 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         "control_socket_disable": True,
         "accesslog": None,
         "when_ready": when_ready,
+        "post_worker_init": _post_worker_init,
         "child_exit": _child_exit,
         **extra,
     }
+
+
+def _post_worker_init(_worker: Any) -> None:
+    """Move what loading the app built (modules, the pydicom dictionary, SQLAlchemy's
+    tables: ~100k objects) out of the garbage collector's sight for the worker's life.
+    Every full collection walked it, ~30 ms with the GIL held, stalling all the
+    worker's threads: the 60-70 ms outliers among 5 ms QIDO-RS responses."""
+    gc.freeze()
 
 
 def _child_exit(_server: Any, worker: Any) -> None:

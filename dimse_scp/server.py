@@ -13,6 +13,7 @@ associations over them; they share the archive like gunicorn's workers do.
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import multiprocessing
@@ -369,6 +370,9 @@ def _listen(settings: Settings, *, announce: bool) -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     archive = Archive(settings)
     handle = start(settings, archive, processes=settings.dimse.processes)
+    # What start-up built lives as long as the process: out of the collector's sight,
+    # a full collection no longer walks it (the same as the gunicorn workers do).
+    gc.freeze()
     dimse = settings.dimse
     if announce:
         print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
