@@ -243,12 +243,16 @@ class Bench:
         rates: dict[str, tuple[list[float], list[float]] | str] = {
             s.name: ([], []) for s in self.servers
         }
+        #: CPU milliseconds of the server's whole process tree per instance: on two
+        #: shared cores, what a server spends is what the other senders cannot use.
+        cpu: dict[str, list[float]] = {s.name: [] for s in self.servers}
         for run in range(runs):
             order = self.servers if run % 2 == 0 else self.servers[::-1]
             for server in order:
                 bucket = rates[server.name]
                 if isinstance(bucket, str):
                     continue
+                before = process.cpu_seconds(server.process.pid)
                 outcome = self._attempt(server, lambda s=server, r=run: call(s, r))
                 if isinstance(outcome, str):
                     rates[server.name] = outcome
@@ -256,6 +260,8 @@ class Bench:
                 seconds, count, size = outcome
                 if count:
                     bucket[0].append(count / seconds)
+                    spent = process.cpu_seconds(server.process.pid) - before
+                    cpu[server.name].append(spent * 1000 / count)
                 bucket[1].append(size / MB / seconds)
         for name, bucket in rates.items():
             first, second = (bucket, bucket) if isinstance(bucket, str) else bucket
@@ -272,6 +278,15 @@ class Bench:
                 second,
                 "" if units[0] else target,
             )
+            if cpu[name]:
+                self.results.add(
+                    f"{key}_cpu",
+                    f"{label}: server CPU per instance",
+                    "ms CPU",
+                    "lower",
+                    name,
+                    cpu[name],
+                )
         log(f"  {label}: " + ", ".join(f"{n}={_short(b)}" for n, b in rates.items()))
 
     # measurements ----------------------------------------------------------------------
