@@ -25,7 +25,7 @@ from typing import Any
 
 from gunicorn.app.base import BaseApplication
 
-from . import logs, metrics
+from . import logs, malloc, metrics
 from .archive import index
 from .config import Settings
 
@@ -50,6 +50,8 @@ class _Gunicorn(BaseApplication):  # type: ignore[misc]
 
 def _prepare(settings: Settings) -> None:
     from .web.auth import open_access_warning
+
+    malloc.tune()  # before gunicorn forks its workers, which inherit it
 
     warning = open_access_warning(settings)  # auth.mode = "none" off loopback
     if warning:

@@ -46,7 +46,7 @@ from pynetdicom.presentation import AllStoragePresentationContexts, StoragePrese
 from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from dicomweb_server import metrics
+from dicomweb_server import malloc, metrics
 from dicomweb_server.archive import Archive
 from dicomweb_server.config import DimseSettings, Settings
 
@@ -366,6 +366,7 @@ def _sibling(settings: Settings) -> None:
 
 def _listen(settings: Settings, *, announce: bool) -> None:
     """Listen until SIGTERM or Ctrl-C."""
+    malloc.tune()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     archive = Archive(settings)
