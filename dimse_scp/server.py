@@ -342,7 +342,8 @@ def serve_forever(settings: Settings) -> None:
             settings = settings.model_copy(
                 update={"dimse": dimse.model_copy(update={"port": _free_port(dimse.host)})}
             )
-        context = multiprocessing.get_context("spawn")
+        # Forked before this process starts any thread (see dicomweb_server.server).
+        context = multiprocessing.get_context("fork")
         for _ in range(dimse.processes - 1):
             sibling = context.Process(target=_sibling, args=(settings,), daemon=True)
             sibling.start()
