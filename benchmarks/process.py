@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -169,6 +170,43 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
     counting every process's start-up baseline) and the largest single process."""
     peaks = [_status_kb(member, "VmHWM") / 1024 for member in tree(pid)]
     return sum(peaks), max(peaks, default=0.0)
+
+
+def pss_mb(pid: int) -> float:
+    """Proportional set size of the tree in MB: each page shared by n of its processes
+    counts 1/n in each, so the sum is the memory the server holds, which a sum of RSS
+    over forked processes counts several times."""
+    total = 0
+    for member in tree(pid):
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{member}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+                    break
+    return total / 1024
+
+
+class PeakPss:
+    """The largest :func:`pss_mb` of a tree while the ``with`` block runs (sampled)."""
+
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        self.pid, self.interval, self.peak = pid, interval, 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def __enter__(self) -> PeakPss:
+        self.peak = pss_mb(self.pid)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, pss_mb(self.pid))
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, pss_mb(self.pid))
 
 
 class Server:
