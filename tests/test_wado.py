@@ -91,6 +91,9 @@ class TestInstances:
             f"application/dicom; transfer-syntax={ExplicitVRLittleEndian}"
         ] * 3
         assert sorted(b for _, b in got) == sorted(stored.values())
+        # Files sent as stored: the length is known before the first byte.
+        assert int(response.headers["Content-Length"]) == len(response.content)
+        assert "Transfer-Encoding" not in response.headers
         # dicomweb-client parses the same payload.
         datasets = dicomweb.retrieve_series(series[0].StudyInstanceUID, series[0].SeriesInstanceUID)
         assert {d.SOPInstanceUID for d in datasets} == set(stored)
@@ -117,6 +120,32 @@ class TestInstances:
         assert out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian
         assert out.SOPInstanceUID == ds.SOPInstanceUID
         np.testing.assert_array_equal(out.pixel_array, ds.pixel_array)
+        assert "Content-Length" not in response.headers  # decoded on the fly: unknown
+
+    @pytest.mark.parametrize("which", [0, 1])
+    def test_a_stored_file_that_changed_size_breaks_the_response(
+        self, archive: Archive, web, which: int
+    ) -> None:  # type: ignore[no-untyped-def]
+        """The Content-Length comes from the index: a file that no longer matches it must
+        not reach the client as a complete, shorter object.  Found before the first byte,
+        that is a 500; after, a connection closed short of the promised length."""
+        series = make_series(2)
+        for ds in series:
+            store(archive, ds)
+        instance = archive.instances(series[0].StudyInstanceUID)[which]
+        path = archive.path(instance)
+        path.write_bytes(path.read_bytes()[:-100])
+        response = requests.get(
+            url(web, series[0], "series"),
+            headers={"Accept": 'multipart/related; type="application/dicom"'},
+            stream=True,
+        )
+        if which == 0:
+            assert response.status_code == 500
+            return
+        assert response.status_code == 200
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            _ = response.content
 
     def test_default_syntax_keeps_lossy_as_stored(self, archive: Archive, web) -> None:  # type: ignore[no-untyped-def]
         ds = store_file(archive, "SC_rgb_jpeg_dcmtk.dcm")

@@ -8,17 +8,21 @@ iterators, so a 5,000-instance study is streamed with one chunk in memory at a t
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Part:
-    """One body part: its Content-Type (with parameters) and its bytes, lazily."""
+    """One body part: its Content-Type (with parameters) and its bytes, lazily.
+
+    ``size``, when given, is exactly how many bytes ``body`` yields.
+    """
 
     content_type: str
     body: Iterable[bytes]
     location: str | None = None
+    size: int | None = None
 
 
 def new_boundary() -> str:
@@ -38,22 +42,40 @@ def content_type(item_type: str, boundary: str, transfer_syntax: str | None = No
     return value
 
 
+def _head(part: Part, boundary: str, first: bool) -> bytes:
+    head = ("" if first else "\r\n") + f"--{boundary}\r\n"
+    head += f"Content-Type: {part.content_type}\r\n"
+    if part.location:
+        head += f"Content-Location: {part.location}\r\n"
+    return (head + "\r\n").encode("ascii")
+
+
+def _close(boundary: str, empty: bool) -> bytes:
+    return (("" if empty else "\r\n") + f"--{boundary}--\r\n").encode("ascii")
+
+
+def length(parts: Sequence[Part], boundary: str) -> int | None:
+    """The payload's exact length when every part's size is known, else ``None``.
+
+    A response with a Content-Length goes out as it is; without one, gunicorn frames it
+    in chunks and copies every chunk once more to do so.
+    """
+    if any(part.size is None for part in parts):
+        return None
+    heads = sum(len(_head(part, boundary, i == 0)) for i, part in enumerate(parts))
+    return heads + sum(part.size or 0 for part in parts) + len(_close(boundary, not parts))
+
+
 def stream(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
     """The payload of ``parts``: each part's head, then its body chunks, then the close.
 
     The head of a part is sent together with its first chunk, so a small frame is one
     write on the socket.
     """
-    delimiter = f"--{boundary}\r\n".encode("ascii")
     first = True
     for part in parts:
-        head = (b"" if first else b"\r\n") + delimiter
-        head += f"Content-Type: {part.content_type}\r\n".encode("ascii")
-        if part.location:
-            head += f"Content-Location: {part.location}\r\n".encode("ascii")
-        head += b"\r\n"
+        pending: bytes | None = _head(part, boundary, first)
         first = False
-        pending: bytes | None = head
         for chunk in part.body:
             if not chunk:
                 continue
@@ -68,4 +90,4 @@ def stream(parts: Iterable[Part], boundary: str) -> Iterator[bytes]:
                 yield chunk
         if pending is not None:
             yield pending
-    yield (b"\r\n" if not first else b"") + f"--{boundary}--\r\n".encode("ascii")
+    yield _close(boundary, first)

@@ -12,7 +12,8 @@ no media type of the Accept header can be produced (PS3.18 8.7.8).
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Iterator
+import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 from flask import Blueprint, Response, request
@@ -20,7 +21,15 @@ from pydicom.uid import UID
 from werkzeug.exceptions import NotAcceptable
 from werkzeug.wsgi import wrap_file
 
-from ..archive import Archive, InvalidQuery, NotFound, StoredInstance, render, transcode
+from ..archive import (
+    Archive,
+    ArchiveError,
+    InvalidQuery,
+    NotFound,
+    StoredInstance,
+    render,
+    transcode,
+)
 from ..archive.storage import CHUNK
 from ..archive.uids import is_valid_uid
 from . import archive
@@ -34,7 +43,7 @@ from .accept import (
     item_matches,
     wanted,
 )
-from .multipart import Part, content_type, new_boundary, stream
+from .multipart import Part, content_type, length, new_boundary, stream
 from .urls import base_url, expand
 
 blueprint = Blueprint("wado", __name__)
@@ -81,17 +90,25 @@ def _file_chunks(store: Archive, instance: StoredInstance) -> Iterator[bytes]:
     archive passed in rather than looking it up.
     """
     with store.open(instance) as fp:
+        size = os.fstat(fp.fileno()).st_size
+        if size != instance.size:
+            # The response's Content-Length was taken from the index: a broken response
+            # is what the client must see, not a truncated or overlong object.
+            raise ArchiveError(
+                f"stored file of {instance.sop_uid} has {size} bytes, the index {instance.size}"
+            )
         while chunk := fp.read(CHUNK):
             yield chunk
 
 
 def _multipart(item_type: str, parts: Iterable[Part], ts: str | None = None) -> Response:
+    """A ``multipart/related`` response; with a Content-Length when ``parts`` is a
+    sequence whose sizes are all known (see :func:`.multipart.length`)."""
     boundary = new_boundary()
-    return Response(
-        stream(parts, boundary),
-        headers={"Content-Type": content_type(item_type, boundary, ts)},
-        direct_passthrough=True,
-    )
+    headers = {"Content-Type": content_type(item_type, boundary, ts)}
+    if isinstance(parts, Sequence) and (total := length(parts, boundary)) is not None:
+        headers["Content-Length"] = str(total)
+    return Response(stream(parts, boundary), headers=headers, direct_passthrough=True)
 
 
 # -- instances (PS3.18 10.4.1.1.1, Table 8.7.3-2) -------------------------------------
@@ -160,10 +177,14 @@ def _retrieve(study: str, series: str | None = None, sop: str | None = None) -> 
             headers={"Content-Type": ctype},
             direct_passthrough=True,
         )
-    parts = (
-        Part(f"{DICOM}; transfer-syntax={target}", _instance_body(store, i, target))
+    parts = [
+        Part(
+            f"{DICOM}; transfer-syntax={target}",
+            _instance_body(store, i, target),
+            size=i.size if target == i.transfer_syntax_uid else None,
+        )
         for i, target in zip(instances, targets, strict=True)
-    )
+    ]
     same = targets[0] if len(set(targets)) == 1 else None
     return _multipart(DICOM, parts, same)
 
