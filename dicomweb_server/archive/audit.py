@@ -25,7 +25,8 @@ import logging
 import queue
 import threading
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
+from dataclasses import fields as dataclass_fields
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -158,7 +159,9 @@ def log_entry(entry: Entry) -> None:
     The log line is written at INFO, where nothing may identify a patient: query values
     are redacted (:func:`redact_query`).
     """
-    fields = asdict(entry)
+    # Every field is a plain value: a shallow copy (asdict deep-copies each one, which
+    # was a fifth of a small QIDO-RS request's own work).
+    fields = {f.name: getattr(entry, f.name) for f in dataclass_fields(entry)}
     fields["action"] = str(entry.action)
     fields["at"] = entry.at.isoformat()
     fields["study"] = fields.pop("study_uid")
