@@ -192,12 +192,17 @@ class Bench:
         """Add tiny instances until every server holds at least ``target`` instances."""
         need = target - min(s.count() for s in self.servers)
         log(f"growing the index by {max(need, 0)} tiny instances to {target}")
-        chunk = 2_000
+        chunk, total, started, shown = 2_000, max(need, 0), time.monotonic(), time.monotonic()
         while need > 0:
             blobs = list(dataset.tiny_blobs(self.tiny_loaded, min(chunk, need)))
             self._each(lambda server, blobs=blobs: server.load(blobs))
             self.tiny_loaded += len(blobs)
             need -= len(blobs)
+            if time.monotonic() - shown >= 60 and need > 0:
+                shown = time.monotonic()
+                done, rate = total - need, (total - need) / (shown - started)
+                left = need / rate / 60
+                log(f"  {done}/{total} loaded ({rate:.0f}/s, about {left:.0f} min left)")
 
     def _attempt(self, server: Server, action: Callable[[], Any]) -> Any:
         """``action()``, or a string saying why it could not be measured."""
