@@ -13,13 +13,15 @@ processes) keeps that folder; clearing it between runs is then theirs to do.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
-import multiprocessing
 import os
 import shutil
+import signal
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -126,11 +128,15 @@ def _metrics_dir() -> Iterator[None]:
         return
     folder = tempfile.mkdtemp(prefix="dicomweb-metrics-")
     os.environ[metrics.MULTIPROC_ENV] = folder
+    owner = os.getpid()
     try:
         yield
     finally:
-        os.environ.pop(metrics.MULTIPROC_ENV, None)
-        shutil.rmtree(folder, ignore_errors=True)
+        # gunicorn forks its workers inside this block, and a worker that stops leaves
+        # through it too: only the process that made the folder removes it.
+        if os.getpid() == owner:
+            os.environ.pop(metrics.MULTIPROC_ENV, None)
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_web(settings: Settings) -> None:
@@ -155,25 +161,57 @@ def run_serve(settings: Settings) -> None:
 
 
 def _serve(settings: Settings) -> None:
-    child = None
-    if settings.dimse.enabled:
-        # Not a daemon: with dimse.processes > 1 it starts its sibling listeners itself,
-        # which a daemonic process may not.  It is stopped here however gunicorn ends.
-        # Forked, not spawned: it shares the libraries this process loaded (~60 MB a
-        # listener), and nothing here runs a thread yet that a fork could cut in two.
-        child = multiprocessing.get_context("fork").Process(
-            target=_dimse_child, args=(settings,), name="dimse", daemon=False
-        )
-        child.start()
+    parent = os.getpid()
+    child = _fork(_dimse_child, settings) if settings.dimse.enabled else None
 
     def on_exit(_server: Any) -> None:
-        if child is not None and child.is_alive():
-            child.terminate()
-            child.join(10)
-        if child is not None and child.pid is not None:
-            metrics.mark_process_dead(child.pid)
+        # gunicorn's workers are forked inside run() below and leave through this frame
+        # too when they stop: only the process that started the listener stops it.
+        if os.getpid() != parent or child is None:
+            return
+        _stop(child)
+        metrics.mark_process_dead(child)
 
     try:
         _Gunicorn(settings, gunicorn_options(settings, on_exit=on_exit)).run()
     finally:
         on_exit(None)
+
+
+def _fork(target: Callable[[Settings], None], settings: Settings) -> int:
+    """Run ``target(settings)`` in a forked child; its pid.
+
+    Forked, not spawned: the child shares the libraries this process loaded (~60 MB a
+    DIMSE listener), and nothing here runs a thread yet that a fork could cut in two.
+    A bare fork rather than multiprocessing's: gunicorn's workers, forked later from
+    this process, would inherit multiprocessing's record of the child and try to join
+    it when they exit.  The child leaves with ``os._exit``, never through the frames
+    it shares with this process.
+    """
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 0
+    try:
+        target(settings)
+    except BaseException:
+        code = 1
+        log.exception("the DIMSE listener stopped on an error")
+    finally:
+        logging.shutdown()
+        os._exit(code)
+
+
+def _stop(pid: int, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; reaps the child (unless
+    gunicorn's SIGCHLD handler, which reaps every child of its master, did)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(pid, os.WNOHANG)[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                return
+            time.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -63,6 +64,7 @@ def served(
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,  # its own process group, as in a terminal
     )
     try:
         deadline = time.monotonic() + 90
@@ -106,6 +108,19 @@ def test_serve_prints_where_it_listens(served) -> None:
     output, _ = process.communicate(timeout=30)
     assert f"DICOMweb listening on {url}" in output
     assert f"ARCHIVE listening on 127.0.0.1:{dimse_port}" in output
+    assert "Traceback" not in output and "exited with code" not in output, output
+
+
+def test_ctrl_c_stops_every_process_cleanly(served) -> None:
+    """Ctrl-C in a terminal signals the whole process group: master, workers and DIMSE
+    listeners all stop, without a traceback, and free their ports."""
+    url, dimse_port, process = served
+    assert requests.get(f"{url}/studies", timeout=10).status_code in (200, 204)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "exited with code" not in output, output
+    assert listeners(dimse_port) == 0
 
 
 def listeners(port: int) -> int:
