@@ -23,7 +23,6 @@ import random
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -38,10 +37,10 @@ import dimse_scp
 from dicomweb_server.archive import Archive, Origin
 from dicomweb_server.archive.index import Instance
 from dicomweb_server.config import Settings
+from tests import serving
 from tests.conftest import WebServer, make_settings
 from tests.dimse_fixtures import associate
 from tests.factory import make_instance, make_series, to_bytes
-from tests.test_serve import free_port, wait_for_port
 from tests.test_stow import content_type, failures, multipart
 
 # -- consistency ----------------------------------------------------------------------------
@@ -130,39 +129,14 @@ class Uploads:
 
 
 def start_serve(data_dir: Path, database_url: str) -> tuple[subprocess.Popen, str, int]:
-    http_port, dimse_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
-    env["DICOMWEB_DATABASE__URL"] = database_url
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomweb_server",
-            "serve",
-            "--http-port",
-            str(http_port),
-            "--dimse-port",
-            str(dimse_port),
-            "--data-dir",
-            str(data_dir),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,  # its own process group: gunicorn workers and DIMSE too
-    )
+    server = serving.start_serve(data_dir, {"DICOMWEB_DATABASE__URL": database_url})
     deadline = time.monotonic() + 90
-    wait_for_port(http_port, deadline)
-    wait_for_port(dimse_port, deadline)
-    url = f"http://127.0.0.1:{http_port}/dicom-web"
     while time.monotonic() < deadline:  # the port listens before a worker has booted
         with contextlib.suppress(requests.RequestException):
-            if requests.get(url.rsplit("/", 1)[0] + "/health", timeout=5).ok:
+            if requests.get(server.root + "/health", timeout=5).ok:
                 break
         time.sleep(0.1)
-    return process, url, dimse_port
+    return server.process, server.url, server.dimse_port
 
 
 def kill_group(process: subprocess.Popen) -> None:
@@ -294,7 +268,7 @@ class Proxy:
 
     def __init__(self, target: tuple[str, int]) -> None:
         self.target = target
-        self.port = free_port()
+        self.port = serving.free_port()
         self._sockets: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None

@@ -8,13 +8,8 @@ sums every process.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,7 +24,7 @@ from dicomweb_server.config import Settings
 from tests.conftest import WebServer, make_settings
 from tests.dimse_fixtures import associate, running_server
 from tests.factory import make_series, to_bytes
-from tests.test_serve import free_port, wait_for_port
+from tests.serving import serving
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -275,48 +270,6 @@ def test_metrics_need_no_credentials_when_auth_is_on(tmp_path: Path) -> None:
 # -- several processes: gunicorn workers and the DIMSE child -----------------------------
 
 
-@contextmanager
-def _serve(tmp_path: Path, env: dict[str, str]) -> Iterator[tuple[str, int]]:
-    http_port, dimse_port = free_port(), free_port()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomweb_server",
-            "serve",
-            "--http-port",
-            str(http_port),
-            "--dimse-port",
-            str(dimse_port),
-            "--aet",
-            "ARCHIVE",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 90
-        wait_for_port(http_port, deadline)
-        wait_for_port(dimse_port, deadline)
-        yield f"http://127.0.0.1:{http_port}", dimse_port
-    finally:
-        process.terminate()
-        process.wait(30)
-
-
-def _clean_env() -> dict[str, str]:
-    return {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith("DICOMWEB_") and k != "PROMETHEUS_MULTIPROC_DIR"
-    }
-
-
 def _pids(folder: Path) -> set[str]:
     return {p.stem.rsplit("_", 1)[1] for p in folder.glob("counter_*.db")}
 
@@ -325,8 +278,9 @@ def test_serve_sums_every_worker_and_the_dimse_process(tmp_path: Path) -> None:
     # The operator's folder (kept, so the test can see which processes wrote to it).
     folder = tmp_path / "metrics"
     folder.mkdir()
-    env = {**_clean_env(), "PROMETHEUS_MULTIPROC_DIR": str(folder)}
-    with _serve(tmp_path, env) as (root, dimse_port):
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(folder)}
+    with serving(tmp_path / "d", env, aet="ARCHIVE") as server:
+        root, dimse_port = server.root, server.dimse_port
         sent = 0
         with ThreadPoolExecutor(8) as pool:
             # New connections until both workers have answered some (bounded).
@@ -383,7 +337,8 @@ def test_serve_sums_every_worker_and_the_dimse_process(tmp_path: Path) -> None:
 
 
 def test_serve_sets_up_multiprocess_metrics_on_its_own(tmp_path: Path) -> None:
-    with _serve(tmp_path, _clean_env()) as (root, dimse_port):
+    with serving(tmp_path / "d", aet="ARCHIVE") as server:
+        root, dimse_port = server.root, server.dimse_port
         ae = AE(ae_title="TESTSCU")
         ae.add_requested_context(CTImageStorage)
         assoc = ae.associate("127.0.0.1", dimse_port, ae_title="ARCHIVE")

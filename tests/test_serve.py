@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,62 +16,17 @@ from pynetdicom import AE
 from pynetdicom.sop_class import StudyRootQueryRetrieveInformationModelFind, Verification
 
 from tests.factory import make_series
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for_port(port: int, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), 0.5).close()
-            return
-        except OSError:
-            time.sleep(0.2)
-    raise TimeoutError(f"nothing listens on {port}")
+from tests.serving import serving
 
 
 @pytest.fixture
 def served(
     tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[tuple[str, int, subprocess.Popen]]:
-    http_port, dimse_port = free_port(), free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("DICOMWEB_")}
-    env.update(getattr(request, "param", {}))
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dicomweb_server",
-            "serve",
-            "--http-port",
-            str(http_port),
-            "--dimse-port",
-            str(dimse_port),
-            "--aet",
-            "ARCHIVE",
-            "--data-dir",
-            str(tmp_path / "d"),
-            "--workers",
-            "2",
-        ],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,  # its own process group, as in a terminal
-    )
-    try:
-        deadline = time.monotonic() + 90
-        wait_for_port(http_port, deadline)
-        wait_for_port(dimse_port, deadline)
-        yield f"http://127.0.0.1:{http_port}/dicom-web", dimse_port, process
-    finally:
-        process.terminate()
-        process.wait(30)
+    env = getattr(request, "param", {})
+    output = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
+    with serving(tmp_path / "d", env, aet="ARCHIVE", **output) as server:
+        yield server.url, server.dimse_port, server.process
 
 
 def test_serve_runs_dicomweb_and_dimse_on_one_index(served) -> None:
