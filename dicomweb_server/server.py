@@ -93,8 +93,8 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         # (a `web` beside `serve`, a test) would take it over.  We manage no workers by it.
         "control_socket_disable": True,
         # Each worker touches a heartbeat file on every turn of its loop; on a disk-backed
-        # folder that can block it (gunicorn's own docs), and it took ~0.5 ms of a 1.5 ms
-        # QIDO-RS request here.  /dev/shm is memory.
+        # folder that can block it (gunicorn's own docs); it showed in profiles of small
+        # QIDO-RS requests here.  /dev/shm is memory.
         "worker_tmp_dir": _SHM if os.access(_SHM, os.W_OK) else None,
         "accesslog": None,
         "when_ready": when_ready,
