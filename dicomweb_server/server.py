@@ -105,11 +105,21 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 def _post_worker_init(_worker: Any) -> None:
-    """Move what loading the app built (modules, the pydicom dictionary, SQLAlchemy's
-    tables: ~100k objects) out of the garbage collector's sight for the worker's life.
+    """Ready a worker to serve.
+
+    What loading the app built (modules, the pydicom dictionary, SQLAlchemy's tables:
+    ~100k objects) goes out of the garbage collector's sight for the worker's life.
     Every full collection walked it, ~30 ms with the GIL held, stalling all the
-    worker's threads: the 60-70 ms outliers among 5 ms QIDO-RS responses."""
+    worker's threads: the 60-70 ms outliers among 5 ms QIDO-RS responses.
+
+    SIGINT is left to the master, which answers it by sending each worker SIGQUIT.
+    Ctrl-C in a terminal signals the whole process group, and gunicorn's gthread worker
+    quits on both: when the SIGQUIT came while it was still handling the SIGINT, its
+    thread pool's shutdown re-entered itself and deadlocked on its own lock, and the
+    master waited out its graceful timeout (300 s) before killing it.
+    """
     gc.freeze()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _child_exit(_server: Any, worker: Any) -> None:

@@ -8,6 +8,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 import requests
@@ -76,14 +77,53 @@ def test_ctrl_c_stops_every_process_cleanly(served) -> None:
     assert listeners(dimse_port) == 0
 
 
+def test_workers_leave_ctrl_c_to_the_master(served) -> None:
+    """A SIGINT that reaches a worker alone leaves it serving: the master stops the
+    workers (SIGQUIT).  gunicorn's gthread worker quits on SIGINT too, and when its
+    quit was interrupted by the master's SIGQUIT it deadlocked on its own thread pool's
+    lock, so that Ctrl-C held the server for its 300 s graceful timeout."""
+    url, _dimse_port, process = served
+    http_port = urlsplit(url).port or 0
+    workers = _workers(process.pid, http_port)
+    assert len(workers) == 2
+    for pid in workers:
+        os.kill(pid, signal.SIGINT)
+    time.sleep(1.5)
+    assert _workers(process.pid, http_port) == workers
+    assert requests.get(f"{url}/studies", timeout=10).status_code in (200, 204)
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+
+
+def _workers(master: int, http_port: int) -> set[int]:
+    """The master's children that hold its HTTP listening socket: gunicorn's workers
+    (the DIMSE listeners are forked before it binds)."""
+    inodes = _listening(http_port)
+    children = Path(f"/proc/{master}/task/{master}/children").read_text().split()
+    found = set()
+    for pid in map(int, children):
+        fds = Path(f"/proc/{pid}/fd")
+        links = {os.readlink(fd) for fd in fds.iterdir() if fd.is_symlink()}
+        if any(f"socket:[{inode}]" in links for inode in inodes):
+            found.add(pid)
+    return found
+
+
 def listeners(port: int) -> int:
-    """Sockets listening on 127.0.0.1:``port`` (Linux /proc/net/tcp, state 0A)."""
-    count = 0
+    """Sockets listening on 127.0.0.1:``port``."""
+    return len(_listening(port))
+
+
+def _listening(port: int) -> list[str]:
+    """Inodes of the sockets listening on 127.0.0.1:``port`` (Linux /proc/net/tcp,
+    state 0A)."""
+    inodes = []
     for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-        local, state = line.split()[1], line.split()[3]
-        if state == "0A" and local == f"0100007F:{port:04X}":
-            count += 1
-    return count
+        fields = line.split()
+        if fields[3] == "0A" and fields[1] == f"0100007F:{port:04X}":
+            inodes.append(fields[9])
+    return inodes
 
 
 @pytest.mark.parametrize("served", [{"DICOMWEB_DIMSE__PROCESSES": "3"}], indirect=True)
