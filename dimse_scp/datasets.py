@@ -10,13 +10,16 @@ than the default repertoire (PS3.4 C.4.1.1.3.2 and PS3.5 6.1.2.3: we answer in U
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Mapping
 from typing import Any
 
 from pydicom.charset import convert_encodings, default_encoding
 from pydicom.datadict import dictionary_VR
-from pydicom.dataelem import DataElement, RawDataElement
+from pydicom.dataelem import DataElement
 from pydicom.dataset import Dataset
+from pydicom.filebase import DicomBytesIO
+from pydicom.filewriter import write_data_element
 from pydicom.multival import MultiValue
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID, ImplicitVRLittleEndian
@@ -151,50 +154,57 @@ def to_response(
     query: Query,
     defaults: Mapping[str, str] | None = None,
     transfer_syntax: str = ImplicitVRLittleEndian,
-) -> Dataset:
-    """The C-FIND response Identifier for one match: exactly the requested keys.
+) -> bytes:
+    """The C-FIND response Identifier for one match, encoded in ``transfer_syntax``:
+    exactly the requested keys.
 
     Keys the match lacks take their value from ``defaults`` (keyword -> value, for
     what the SCP itself knows, such as RetrieveAETitle) or are returned empty (PS3.4
     C.4.1.1.3.2: a return key without a value is sent zero length).
 
-    Text values go in already encoded (:class:`RawDataElement`, UTF-8), and the data set
-    is marked as encoded in ``transfer_syntax``, so that pydicom writes their bytes as
-    they are: a month of studies is hundreds of responses, and building and re-encoding
-    each value as a pydicom element cost more than the search itself.
+    Text values are encoded here, straight from the match, and only what is left
+    (numbers, sequences, empty keys) goes through pydicom's element writer: a month of
+    studies is hundreds of responses, and building each as a pydicom data set and
+    writing it cost more than the search itself.  :mod:`.pending` sends the bytes.
     """
     defaults = defaults or {}
-    response = Dataset()
+    syntax = UID(transfer_syntax)
+    if not syntax.is_little_endian or syntax.is_deflated:
+        # The Query/Retrieve contexts accept the two plain syntaxes only (server.py).
+        raise ValueError(f"C-FIND responses are not encoded in {syntax.name} here")
+    implicit = syntax.is_implicit_VR
+    encoded: dict[BaseTag, bytes] = {}
+    others: dict[BaseTag, DataElement] = {}
     utf8 = False
     for element in identifier:
         tag = element.tag
         if tag == SPECIFIC_CHARACTER_SET or tag.group in (0x0000, 0x0002):
             continue
         if tag == QUERY_RETRIEVE_LEVEL:
-            response[tag] = _raw(tag, "CS", query.level.value)
+            encoded[tag] = _encode(tag, "CS", query.level.value, implicit)
             continue
         key = f"{int(tag):08X}"
         found = match.get(key)
         if found is not None and (found.get("Value") or element.keyword not in defaults):
             text = _text(found)
             if text is not None:
-                response[tag] = _raw(tag, found["vr"], text)
+                encoded[tag] = _encode(tag, found["vr"], text, implicit)
                 utf8 = utf8 or not text.isascii()
                 continue
             try:
-                response[tag] = Dataset.from_json({key: found})[tag]
+                others[tag] = Dataset.from_json({key: found})[tag]
             except (ValueError, TypeError, OverflowError):
                 # A value the archive kept although its VR forbids it (a DS of "abc"):
                 # returned empty rather than failing the whole match.
-                response[tag] = DataElement(tag, found.get("vr") or element.VR, None)
-            utf8 = utf8 or _needs_utf8(response[tag])
+                others[tag] = DataElement(tag, found.get("vr") or element.VR, None)
+            utf8 = utf8 or _needs_utf8(others[tag])
             continue
         scoped = _scoped_value(tag, query)
         if scoped is not None:
-            response[tag] = _raw(tag, "UI", scoped)
+            encoded[tag] = _encode(tag, "UI", scoped, implicit)
             continue
         if element.keyword in defaults:
-            response[tag] = _raw(tag, dictionary_VR(tag), defaults[element.keyword])
+            encoded[tag] = _encode(tag, dictionary_VR(tag), defaults[element.keyword], implicit)
             continue
         vr = element.VR
         if vr in ("UN", None):
@@ -202,13 +212,50 @@ def to_response(
                 vr = dictionary_VR(tag)
             except KeyError:
                 vr = "UN"
-        response[tag] = DataElement(tag, vr, [] if vr == "SQ" else None)
+        vr = vr.split(" or ")[0]  # an ambiguous VR ("US or SS") of an empty key: any
+        others[tag] = DataElement(tag, vr, [] if vr == "SQ" else None)
     if utf8:
-        response.SpecificCharacterSet = UTF8
-    syntax = UID(transfer_syntax)
-    encoding = convert_encodings(UTF8) if utf8 else default_encoding
-    response.set_original_encoding(syntax.is_implicit_VR, syntax.is_little_endian, encoding)
-    return response
+        encoded[SPECIFIC_CHARACTER_SET] = _encode(SPECIFIC_CHARACTER_SET, "CS", UTF8, implicit)
+    if others:
+        encodings = convert_encodings(UTF8) if utf8 else [default_encoding]
+        encoded.update(_write(others, implicit, encodings))
+    return b"".join(encoded[tag] for tag in sorted(encoded))
+
+
+#: VRs whose value length is 32 bits in explicit VR (PS3.5 Table 7.1-1); 16 for the rest.
+_LONG_VRS = frozenset(
+    {"OB", "OD", "OF", "OL", "OV", "OW", "SQ", "SV", "UC", "UN", "UR", "UT", "UV"}
+)
+
+
+def _encode(tag: BaseTag, vr: str, text: str, implicit: bool) -> bytes:
+    """One text element, little endian: UTF-8, padded to even length with NUL for UI
+    and space otherwise (PS3.5 6.2), after its tag, VR (explicit) and length."""
+    value = text.encode()
+    if len(value) % 2:
+        value += b"\0" if vr == "UI" else b" "
+    if implicit:
+        header = struct.pack("<HHL", tag.group, tag.element, len(value))
+    elif vr in _LONG_VRS:
+        header = struct.pack("<HH2s2xL", tag.group, tag.element, vr.encode(), len(value))
+    elif len(value) <= 0xFFFF:
+        header = struct.pack("<HH2sH", tag.group, tag.element, vr.encode(), len(value))
+    else:
+        raise ValueError(f"a {vr} value of {len(value)} bytes in {tag}: too long for its VR")
+    return header + value
+
+
+def _write(
+    elements: Mapping[BaseTag, DataElement], implicit: bool, encodings: list[str]
+) -> dict[BaseTag, bytes]:
+    """Elements encoded by pydicom, each on its own."""
+    written: dict[BaseTag, bytes] = {}
+    for tag, element in elements.items():
+        fp = DicomBytesIO()
+        fp.is_little_endian, fp.is_implicit_VR = True, implicit
+        write_data_element(fp, element, encodings)
+        written[tag] = fp.getvalue()
+    return written
 
 
 #: VRs whose DICOM JSON value is the DICOM string itself (PS3.18 F.2.3), so it can be
@@ -244,15 +291,6 @@ def _person_name(value: Mapping[str, str]) -> str:
     removed (PS3.5 6.2.1)."""
     groups = [value.get(g) or "" for g in ("Alphabetic", "Ideographic", "Phonetic")]
     return "=".join(groups).rstrip("=")
-
-
-def _raw(tag: BaseTag, vr: str, text: str) -> RawDataElement:
-    """An element whose value is already encoded (UTF-8, padded to even length with
-    NUL for UI and space otherwise, PS3.5 6.2)."""
-    value = text.encode()
-    if len(value) % 2:
-        value += b"\0" if vr == "UI" else b" "
-    return RawDataElement(tag, vr, len(value), value, 0, False, True)
 
 
 def _needs_utf8(element: DataElement) -> bool:

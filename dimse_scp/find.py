@@ -16,6 +16,7 @@ from dicomweb_server.archive import ArchiveError
 from dicomweb_server.archive.audit import Action
 
 from . import datasets, status, trail
+from .pending import PendingResponses
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -24,7 +25,10 @@ FindReply = tuple[int | Dataset, Dataset | None]
 
 
 def handle_find(event: Event, runtime: Runtime) -> Iterator[FindReply]:
-    """Yield one Pending (FF00) per match, then Success; Cancel (FE00) on C-CANCEL.
+    """Send one Pending (FF00) per match, then yield Success; Cancel (FE00) on C-CANCEL.
+
+    The Pending responses go to the association directly, as bytes
+    (:mod:`.pending`); pynetdicom sends the final one.
 
     Failures (PS3.4 Table C.4-1): A900 when the Identifier is not a valid query for the
     information model (bad level, malformed key value), A700 when the index cannot be
@@ -36,19 +40,37 @@ def handle_find(event: Event, runtime: Runtime) -> Iterator[FindReply]:
         identifier = event.identifier
         model = datasets.model_of(event.request.AffectedSOPClassUID)
         query = datasets.to_query(identifier, model)
-        matches = runtime.archive.search(query)
     except ArchiveError as exc:
-        reply = status.for_find(exc)
-        log.warning("C-FIND refused with 0x%04X: %s", reply.status, exc)
-        yield reply.dataset(), None
+        yield _refused(exc)
         return
     # PS3.4 C.4.1.1.3.2 / C.6.1.1.5: where the matches can be retrieved from (this AE)
     # and that everything stored is on line.
     known = {"RetrieveAETitle": runtime.settings.dimse.aet, "InstanceAvailability": "ONLINE"}
     syntax = event.context.transfer_syntax
-    for match in matches:
-        if event.is_cancelled:
-            yield status.CANCEL, None
-            return
-        yield status.PENDING, datasets.to_response(match, identifier, query, known, syntax)
-    yield status.SUCCESS, None
+    request = event.request
+    pending = PendingResponses(
+        event.assoc, event.context.context_id, request.MessageID, request.AffectedSOPClassUID
+    )
+    final: FindReply = (status.SUCCESS, None)
+    matches = runtime.archive.search_iter(query)
+    try:
+        for match in matches:
+            if event.is_cancelled:
+                final = (status.CANCEL, None)
+                break
+            if not event.assoc.is_established:
+                break  # pynetdicom sends nothing more on it
+            pending.send(datasets.to_response(match, identifier, query, known, syntax))
+    except ArchiveError as exc:  # the index lost, before the first match or later
+        final = _refused(exc)
+    finally:
+        # Before the final response, whose sending writes the audit entry.
+        matches.close()
+        trail.matches_sent(event, runtime, pending.sent)
+    yield final
+
+
+def _refused(exc: ArchiveError) -> FindReply:
+    reply = status.for_find(exc)
+    log.warning("C-FIND refused with 0x%04X: %s", reply.status, exc)
+    return reply.dataset(), None

@@ -106,8 +106,9 @@ def configure_pynetdicom() -> None:
     and C-GET Identifier, is built whether or not the ``pynetdicom`` logger shows it;
     our log keeps it at WARNING (:func:`dicomweb_server.logs.configure`) and records one
     line per association and operation instead.  Unless that logger is opened to INFO,
-    the flags that build those messages are off: pretty-printing every C-FIND response
-    was a fifth of a month-long study search.
+    the flags that build those messages are off.  C-FIND's Pending responses do not
+    pass through pynetdicom's messages at all (:mod:`.pending`), so its log shows the
+    request and the final response of a search, and the audit line the match count.
     """
     _config.STORE_RECV_CHUNKED_DATASET = True
     verbose = logging.getLogger("pynetdicom").isEnabledFor(logging.INFO)

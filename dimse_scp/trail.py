@@ -16,7 +16,9 @@ One entry per:
 ``user`` is the calling AE title, ``address`` the peer's host and port, ``status`` the
 final DIMSE status sent (for an association that ended mid-operation, the last one:
 Pending, FF00).  The status and counts are taken from the responses themselves, as
-pynetdicom sends them (``EVT_DIMSE_SENT``), so they are what the peer was told.
+pynetdicom sends them (``EVT_DIMSE_SENT``), so they are what the peer was told; C-FIND's
+Pending responses, which bypass pynetdicom (:mod:`.pending`), are counted as they are
+queued (:func:`matches_sent`).
 
 Entries go to the archive's :class:`~dicomweb_server.archive.audit.AuditWriter`, whose
 ``submit`` logs the entry and queues its row without waiting for the index; a refused
@@ -178,6 +180,16 @@ def sending(event: Event, runtime: Runtime, instance: StoredInstance) -> None:
 
 
 @guarded
+def matches_sent(event: Event, runtime: Runtime, count: int) -> None:
+    """A C-FIND has sent ``count`` Pending responses, which go to the association
+    without pynetdicom (:mod:`.pending`) and so without ``EVT_DIMSE_SENT``."""
+    operation = _operation(event, runtime)
+    if operation is not None and count:
+        operation.matches += count
+        operation.last_status = status.PENDING
+
+
+@guarded
 def stored(stats: AssociationStats, study_uid: str, code: int) -> None:
     """Count one C-STORE answered ``code`` for ``study_uid`` (``""``: unknown)."""
     study = stats.stores.setdefault(study_uid, StudyStores())
@@ -219,11 +231,8 @@ def response_sent(event: Event, runtime: Runtime) -> None:
         return
     code = int(command.Status)
     operation.last_status = code
-    if operation.method == "C-FIND":
-        if _category(code) == "pending":
-            operation.matches += 1
-            return
-    else:
+    # A C-FIND's Pending responses do not come through here (see matches_sent).
+    if operation.method != "C-FIND":
         completed = int(command.get("NumberOfCompletedSuboperations") or 0)
         warning = int(command.get("NumberOfWarningSuboperations") or 0)
         failed = int(command.get("NumberOfFailedSuboperations") or 0)

@@ -10,6 +10,7 @@ import socket
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -383,8 +384,11 @@ def _identifier(level: str, **keys: object) -> Dataset:
     return ds
 
 
-def _find(port: int, model: str, identifier: Dataset) -> tuple[list[int], list[Dataset]]:
-    assoc = associate(port, QR_CLASSES)
+def _find(
+    port: int, model: str, identifier: Dataset, **kwargs: Any
+) -> tuple[list[int], list[Dataset]]:
+    """Statuses and Pending matches of one C-FIND; ``kwargs`` go to :func:`associate`."""
+    assoc = associate(port, QR_CLASSES, **kwargs)
     statuses, found = [], []
     try:
         for status, match in assoc.send_c_find(identifier, model):
@@ -468,6 +472,113 @@ def test_find_response_in_each_transfer_syntax(
     assert match.IssuerOfPatientID == ""  # a return key the match lacks: zero length
     assert (match.RetrieveAETitle, match.InstanceAvailability) == ("DICOMWEB", "ONLINE")
     assert match.QueryRetrieveLevel == "STUDY"
+
+
+def test_find_streams_many_matches_in_order(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive
+) -> None:
+    """A C-FIND has no paging: 450 matching studies (more than one fetch of the index
+    and more than dimse_scp.pending holds queued) all arrive, once each, in the index's
+    order (the one QIDO-RS pages through), then Success."""
+    require_search(archive)
+    from dicomweb_server.archive import Level, Prepared, Query
+    from dimse_scp.pending import QUEUED
+
+    count = 450
+    assert count > max(QUEUED, 200)
+    instances = [make_instance(PatientID="MANY", rows=8, columns=8) for _ in range(count)]
+    ready = [archive.prepare(io.BytesIO(to_bytes(ds)), Origin("IMPORT")) for ds in instances]
+    archive.index([r for r in ready if isinstance(r, Prepared)])
+    query = _identifier("STUDY", PatientID="MANY", StudyInstanceUID="", StudyDate="")
+    statuses, found = _find(dimse_server.port, StudyRootQueryRetrieveInformationModelFind, query)
+    assert statuses == [0xFF00] * count + [0x0000]
+    uids = [m.StudyInstanceUID for m in found]
+    assert sorted(uids) == sorted(ds.StudyInstanceUID for ds in instances)
+    listed = archive.search(Query(level=Level.STUDY, filters={"PatientID": "MANY"}))
+    assert uids == [m["0020000D"]["Value"][0] for m in listed]
+
+
+@pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
+def test_find_image_level_binary_multivalued_and_empty_keys(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive, syntax: str
+) -> None:
+    """Values that are not text (US), multi-valued text (CS), and empty return keys of
+    other VRs (DS, SQ) are encoded in the context's syntax as their VR requires."""
+    require_search(archive)
+    sent = make_instance(ImageType=["ORIGINAL", "PRIMARY", "AXIAL"], InstanceNumber=7)
+    assert [s.Status for s in _store(dimse_server.port, [sent])] == [0]
+    query = _identifier(
+        "IMAGE",
+        StudyInstanceUID=sent.StudyInstanceUID,
+        SeriesInstanceUID=sent.SeriesInstanceUID,
+        SOPInstanceUID=sent.SOPInstanceUID,
+        Rows="",
+        Columns="",
+        BitsAllocated="",
+        InstanceNumber="",
+        ImageType="",
+        SliceThickness="",
+        ReferencedImageSequence=[],
+    )
+    statuses, (match,) = _find(
+        dimse_server.port, StudyRootQueryRetrieveInformationModelFind, query, syntaxes=[syntax]
+    )
+    assert statuses == [0xFF00, 0x0000]
+    assert (match.Rows, match.Columns, match.BitsAllocated) == (
+        sent.Rows,
+        sent.Columns,
+        sent.BitsAllocated,
+    )
+    assert match.InstanceNumber == 7
+    assert list(match.ImageType) == ["ORIGINAL", "PRIMARY", "AXIAL"]
+    assert match.SOPInstanceUID == sent.SOPInstanceUID
+    assert match["SliceThickness"].VR == "DS" and match.SliceThickness is None
+    assert match["ReferencedImageSequence"].VR == "SQ"
+    assert len(match.ReferencedImageSequence) == 0
+    assert "SpecificCharacterSet" not in match
+
+
+@pytest.mark.parametrize("max_pdu", [0, 16382, 120])
+def test_find_responses_respect_the_peers_maximum_pdu(
+    dimse_server: dimse_scp.ServerHandle, stored: Archive3, max_pdu: int
+) -> None:
+    """Pending responses are framed by us (dimse_scp.pending): none of their P-DATA-TF
+    PDUs exceeds the Maximum Length the requestor declared (PS3.8 D.1), a response
+    longer than that is split into fragments, and every split decodes to the same
+    matches as one sent whole."""
+    pdus: list[int] = []
+
+    def received(event: evt.Event) -> None:
+        if type(event.pdu).__name__ == "P_DATA_TF":
+            pdus.append(event.pdu.pdu_length)
+
+    query = _identifier(
+        "STUDY",
+        StudyDate="19000101-20991231",
+        StudyInstanceUID="",
+        PatientName="",
+        PatientID="",
+        StudyDescription="",
+        ModalitiesInStudy="",
+        NumberOfStudyRelatedInstances="",
+    )
+    statuses, matches = _find(
+        dimse_server.port,
+        StudyRootQueryRetrieveInformationModelFind,
+        query,
+        max_pdu=max_pdu,
+        evt_handlers=[(evt.EVT_PDU_RECV, received)],
+    )
+    assert statuses == [0xFF00, 0xFF00, 0x0000]
+    found = {m.StudyInstanceUID: m for m in matches}
+    assert set(found) == {stored.a_study, stored.b_study}
+    assert str(found[stored.a_study].PatientName) == "Müller^Jürgen"
+    assert found[stored.a_study].StudyDescription == "CT chest"
+    assert found[stored.a_study].NumberOfStudyRelatedInstances == 3
+    if max_pdu:
+        assert max(pdus) <= max_pdu
+    # Whole, each Pending response is one PDU; at 120 bytes each takes several.
+    assert (len(pdus) > 2 * 2 + 1) is (max_pdu == 120)
 
 
 @pytest.mark.parametrize("level", [logging.INFO, logging.WARNING])

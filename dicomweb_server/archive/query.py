@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -672,9 +672,20 @@ def search(session: Session, query: Query) -> list[dict[str, Any]]:
     instance), so paging with ``offset`` and ``limit`` walks
     the matches once each (PS3.18 8.3.4.4.1: search requests are idempotent).
     """
+    return list(iter_search(session, query, batch=None))
+
+
+def iter_search(
+    session: Session, query: Query, batch: int | None = 200
+) -> Iterator[dict[str, Any]]:
+    """As :func:`search`, one match at a time, the rows fetched ``batch`` at a time
+    (a server-side cursor on PostgreSQL): for a C-FIND, which has no paging."""
     dialect = session.get_bind().dialect.name
     stmt, to_json = build(query, dialect)
-    return [to_json(row) for row in session.execute(stmt)]
+    if batch:
+        stmt = stmt.execution_options(yield_per=batch)
+    for row in session.execute(stmt):
+        yield to_json(row)
 
 
 # -- rows to DICOM JSON ------------------------------------------------------------------------
