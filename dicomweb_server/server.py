@@ -26,6 +26,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers import gthread
 
 from . import logs, malloc, metrics
 from .archive import index
@@ -84,7 +85,7 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
         "bind": f"{http.host}:{http.port}",
         "workers": http.workers or os.cpu_count() or 1,
         # Threads keep a worker responsive while others stream multi-gigabyte bodies.
-        "worker_class": "gthread",
+        "worker_class": ThreadWorker,
         "threads": http.threads,
         "timeout": http.timeout,
         "graceful_timeout": http.timeout,
@@ -105,21 +106,32 @@ def gunicorn_options(settings: Settings, **extra: Any) -> dict[str, Any]:
 
 
 def _post_worker_init(_worker: Any) -> None:
-    """Ready a worker to serve.
-
-    What loading the app built (modules, the pydicom dictionary, SQLAlchemy's tables:
-    ~100k objects) goes out of the garbage collector's sight for the worker's life.
-    Every full collection walked it, ~30 ms with the GIL held, stalling all the
-    worker's threads: the 60-70 ms outliers among 5 ms QIDO-RS responses.
-
-    SIGINT is left to the master, which answers it by sending each worker SIGQUIT.
-    Ctrl-C in a terminal signals the whole process group, and gunicorn's gthread worker
-    quits on both: when the SIGQUIT came while it was still handling the SIGINT, its
-    thread pool's shutdown re-entered itself and deadlocked on its own lock, and the
-    master waited out its graceful timeout (300 s) before killing it.
-    """
+    """What loading the app built (modules, the pydicom dictionary, SQLAlchemy's
+    tables: ~100k objects) goes out of the garbage collector's sight for the worker's
+    life.  Every full collection walked it, ~30 ms with the GIL held, stalling all the
+    worker's threads: the 60-70 ms outliers among 5 ms QIDO-RS responses."""
     gc.freeze()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class ThreadWorker(gthread.ThreadWorker):  # type: ignore[misc]
+    """gunicorn's gthread worker, stopped by the master alone, and never inside a lock.
+
+    Ctrl-C in a terminal signals the whole process group.  The master answers SIGINT
+    by sending each worker SIGQUIT, so the worker ignores SIGINT itself.  gthread's
+    SIGQUIT handler shuts its thread pool down and exits from inside the signal
+    handler, which then waits on the lock held by whatever the signal interrupted: the
+    pool's ``submit`` (the first request of a fresh worker holds it while a thread
+    starts), or an earlier quit.  The worker hung until the master killed it after its
+    graceful timeout (300 s).  Here the quit runs on the worker's loop instead, between
+    two events, as gthread's own SIGTERM handler defers its work.
+    """
+
+    def init_signals(self) -> None:
+        super().init_signals()
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+    def handle_quit(self, sig: int, frame: Any) -> None:
+        self.method_queue.defer(super().handle_quit, sig, frame)
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
@@ -204,6 +216,8 @@ def _fork(target: Callable[[Settings], None], settings: Settings) -> int:
     code = 0
     try:
         target(settings)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C before the listener took it over: a stop, not an error
     except BaseException:
         code = 1
         log.exception("the DIMSE listener stopped on an error")

@@ -13,6 +13,7 @@ associations over them; they share the archive like gunicorn's workers do.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
@@ -274,7 +275,14 @@ class ServerHandle:
 
     def shutdown(self, grace: float = 5.0) -> None:
         """Stop accepting, let established associations finish for up to ``grace``
-        seconds, abort the rest (A-ABORT; peers still negotiating included)."""
+        seconds, abort the rest (A-ABORT; peers still negotiating included).
+
+        A connection whose peer has not yet sent its A-ASSOCIATE-RQ (state Sta2; a port
+        probe, a health check) has nothing to abort: PS3.8's state table defines no
+        A-ABORT request there, and pynetdicom's state machine raised in the
+        association's thread.  Its transport is closed instead, as the ARTIM timer
+        would on expiry.
+        """
         self.server.shutdown()
         self.thread.join(grace)
         deadline = time.monotonic() + grace
@@ -283,7 +291,11 @@ class ServerHandle:
         ):
             time.sleep(POLL_INTERVAL)
         for assoc in self.server.active_associations:
-            assoc.abort()
+            state = assoc.dul.state_machine.current_state
+            if state == "Sta2":
+                assoc.dul.socket.close()
+            elif state not in ("Sta1", "Sta13"):  # Sta13: already closing
+                assoc.abort()
 
 
 def start(settings: Settings, archive: Archive, *, processes: int = 1) -> ServerHandle:
@@ -363,28 +375,35 @@ def _sibling(settings: Settings) -> None:
     from dicomweb_server import logs
 
     logs.configure(settings.log)
-    _listen(settings, announce=False)
+    with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C before _listen took it over
+        _listen(settings, announce=False)
 
 
 def _listen(settings: Settings, *, announce: bool) -> None:
-    """Listen until SIGTERM or Ctrl-C."""
+    """Listen until SIGTERM or Ctrl-C.
+
+    Ctrl-C signals every process of the group at once, so it may reach this one while
+    it is still starting, after a sibling already listens: that is a stop too.
+    """
     malloc.tune()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     archive = Archive(settings)
-    handle = start(settings, archive, processes=settings.dimse.processes)
-    # What start-up built lives as long as the process: out of the collector's sight,
-    # a full collection no longer walks it (the same as the gunicorn workers do).
-    gc.freeze()
-    dimse = settings.dimse
-    if announce:
-        print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
+    handle = None
     try:
+        handle = start(settings, archive, processes=settings.dimse.processes)
+        # What start-up built lives as long as the process: out of the collector's
+        # sight, a full collection no longer walks it (as the gunicorn workers do).
+        gc.freeze()
+        dimse = settings.dimse
+        if announce:
+            print(f"DIMSE {dimse.aet} listening on {dimse.host}:{handle.port}", flush=True)
         stop.wait()
     except KeyboardInterrupt:
         pass
     finally:
-        handle.shutdown()
+        if handle is not None:
+            handle.shutdown()
         archive.close()
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -67,9 +68,26 @@ def test_serve_prints_where_it_listens(served) -> None:
 
 def test_ctrl_c_stops_every_process_cleanly(served) -> None:
     """Ctrl-C in a terminal signals the whole process group: master, workers and DIMSE
-    listeners all stop, without a traceback, and free their ports."""
+    listeners all stop, without a traceback, and free their ports: a peer that has
+    connected but not yet asked for an association included."""
     url, dimse_port, process = served
     assert requests.get(f"{url}/studies", timeout=10).status_code in (200, 204)
+    probe = socket.create_connection(("127.0.0.1", dimse_port))
+    time.sleep(0.5)  # accepted: its association waits for an A-ASSOCIATE-RQ
+    os.killpg(process.pid, signal.SIGINT)
+    output, _ = process.communicate(timeout=30)
+    assert process.returncode == 0, output
+    assert "Traceback" not in output and "exited with code" not in output, output
+    assert listeners(dimse_port) == 0
+    assert probe.recv(1) == b""  # closed by the listener
+    probe.close()
+
+
+@pytest.mark.parametrize("served", [{"DICOMWEB_DIMSE__PROCESSES": "3"}], indirect=True)
+def test_ctrl_c_while_starting_stops_cleanly(served) -> None:
+    """Ctrl-C as soon as both ports listen: one DIMSE listener already does, the others
+    may still be starting, and each must take the signal as a stop, not an error."""
+    _url, dimse_port, process = served
     os.killpg(process.pid, signal.SIGINT)
     output, _ = process.communicate(timeout=30)
     assert process.returncode == 0, output
