@@ -112,13 +112,22 @@ def _drop_database(url: str) -> None:
     admin.dispose()
 
 
-def start_ours(postgres: bool = False, workers: int = 2, dimse_wait: float = 10.0) -> Ours:
-    """Start ``dicomweb-server serve`` on free loopback ports; raise StartError on failure."""
+def start_ours(
+    postgres: bool = False, workers: int = 2, dimse_wait: float = 10.0, durable: bool = True
+) -> Ours:
+    """Start ``dicomweb-server serve`` on free loopback ports; raise StartError on failure.
+
+    ``durable=False``: no fsync of files and SQLite's ``synchronous=NORMAL``, as Orthanc
+    stores by default; it shows what our durability costs beside it, never the default.
+    """
     workdir = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     data_dir = workdir / "data"
     http_port, dimse_port = process.free_port(), process.free_port()
     database_url = _create_database() if postgres else ""
     env = {"DICOMWEB_DATABASE__URL": database_url, "DICOMWEB_LOG__LEVEL": "WARNING"}
+    if not durable:
+        env["DICOMWEB_STORAGE__FSYNC"] = "false"
+        env["DICOMWEB_DATABASE__SQLITE_SYNCHRONOUS"] = "NORMAL"
     argv = [
         sys.executable,
         "-m",
@@ -146,7 +155,7 @@ def start_ours(postgres: bool = False, workers: int = 2, dimse_wait: float = 10.
         database_url=database_url,
         data_dir=data_dir,
     )
-    server.name = "ours-pg" if postgres else "ours"
+    server.name = "ours" + ("-pg" if postgres else "") + ("" if durable else "-nofsync")
     try:
         process.wait_http(f"http://{LOOPBACK}:{http_port}/health", child, log)
     except StartError:

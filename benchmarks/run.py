@@ -11,10 +11,11 @@ Usage
 
 Both servers are started here on free loopback ports over temporary folders and stopped
 at the end: ours with ``dicomweb-server serve`` (SQLite; ``--postgres`` adds a column on
-a fresh PostgreSQL database), Orthanc from Debian's packages (installed when missing,
-``--no-orthanc`` to leave it out).  Orthanc 1.10 cannot be told to listen on loopback
-only, so when it takes part the whole run re-executes itself in a private network
-namespace (``unshare --net``) that holds nothing but a loopback interface.
+a fresh PostgreSQL database, ``--no-fsync`` one that skips fsync as Orthanc does),
+Orthanc from Debian's packages (installed when missing, ``--no-orthanc`` to leave it
+out).  Orthanc 1.10 cannot be told to listen on loopback only, so when it takes part
+the whole run re-executes itself in a private network namespace (``unshare --net``) that
+holds nothing but a loopback interface.
 
 The same deterministic data (:mod:`benchmarks.dataset`, cached in ``benchmarks/out/``)
 is loaded into every server.  Each measurement alternates between the servers, request
@@ -67,6 +68,7 @@ class Plan:
     groups: set[str]
     orthanc: bool
     postgres: bool
+    nofsync: bool = False
     image: int = 512
     ingest_slices: int = 100
 
@@ -88,6 +90,7 @@ class Plan:
             else set(GROUPS) - (set() if long else {"memory"}),
             orthanc=not args.no_orthanc and (args.orthanc or not smoke),
             postgres=args.postgres,
+            nofsync=args.no_fsync,
             image=64 if smoke else 512,
             ingest_slices=10 if smoke else 100,
         )
@@ -559,6 +562,8 @@ def started(plan: Plan) -> Iterator[list[Server]]:
         servers.append(start_ours())
         if plan.postgres:
             servers.append(start_ours(postgres=True))
+        if plan.nofsync:
+            servers.append(start_ours(durable=False))
         if plan.orthanc:
             from .orthanc import ensure_installed, start_orthanc
 
@@ -692,6 +697,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--orthanc", action="store_true", help="include Orthanc in --smoke")
     parser.add_argument("--no-orthanc", action="store_true", help="our server only")
     parser.add_argument("--postgres", action="store_true", help="also our server on PostgreSQL")
+    parser.add_argument(
+        "--no-fsync",
+        action="store_true",
+        help="also our server without fsync, as Orthanc stores (what durability costs)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     return parser.parse_args(argv)
 
