@@ -117,8 +117,9 @@ def start_ours(
 ) -> Ours:
     """Start ``dicomweb-server serve`` on free loopback ports; raise StartError on failure.
 
-    ``durable=False``: no fsync of files and SQLite's ``synchronous=NORMAL``, as Orthanc
-    stores by default; it shows what our durability costs beside it, never the default.
+    ``durable=False``: no fsync of files or folders, and SQLite's ``synchronous=NORMAL``:
+    what our durability costs beside Orthanc (which syncs each file, not its folders, and
+    its index's log now and then); never a default.
     """
     workdir = Path(tempfile.mkdtemp(prefix="bench-ours-"))
     data_dir = workdir / "data"

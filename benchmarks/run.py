@@ -11,7 +11,7 @@ Usage
 
 Both servers are started here on free loopback ports over temporary folders and stopped
 at the end: ours with ``dicomweb-server serve`` (SQLite; ``--postgres`` adds a column on
-a fresh PostgreSQL database, ``--no-fsync`` one that skips fsync as Orthanc does),
+a fresh PostgreSQL database, ``--no-fsync`` one that skips every fsync),
 Orthanc from Debian's packages (installed when missing, ``--no-orthanc`` to leave it
 out).  Orthanc 1.10 cannot be told to listen on loopback only, so when it takes part
 the whole run re-executes itself in a private network namespace (``unshare --net``) that
@@ -260,9 +260,10 @@ class Bench:
                 bucket = rates[server.name]
                 if isinstance(bucket, str):
                     continue
-                # Each run starts with no dirty pages: a server that does not fsync
-                # (Orthanc) leaves its run's files to the kernel's writeback, which would
-                # otherwise be done, and counted, during the next server's run.
+                # Each run starts with no dirty pages: what a run leaves unsynced (the
+                # batches just generated; Orthanc's index, whose log it syncs only now
+                # and then) would otherwise be written back, and counted, during the
+                # next server's run.
                 os.sync()
                 before = process.cpu_seconds(server.process.pid)
                 outcome = self._attempt(server, lambda s=server, r=run: call(s, r))
@@ -700,7 +701,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--no-fsync",
         action="store_true",
-        help="also our server without fsync, as Orthanc stores (what durability costs)",
+        help="also our server without fsync (what our durability costs)",
     )
     parser.add_argument("--json", type=Path, help="write every figure to this file")
     return parser.parse_args(argv)
