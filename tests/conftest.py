@@ -24,6 +24,10 @@ from dicomweb_server.archive import Archive
 from dicomweb_server.archive.index import Base
 from dicomweb_server.config import Settings, load_settings
 
+# The fixtures of the authentication tests (test_auth, test_audit), registered here so
+# that pytest rewrites their asserts before those modules import them.
+pytest_plugins = ["tests.auth_fixtures"]
+
 POSTGRES_URL = os.environ.get(
     "DICOMWEB_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )

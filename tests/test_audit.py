@@ -13,8 +13,6 @@ from tests.auth_fixtures import Keys, start, stop
 from tests.conftest import WebServer, make_settings
 from tests.test_auth import bearer, get, stow
 
-pytest_plugins = ["tests.auth_fixtures"]
-
 
 @pytest.fixture
 def auth_db(database_url: str) -> str:

@@ -40,8 +40,6 @@ from tests.auth_fixtures import (
 from tests.conftest import WebServer, make_settings
 from tests.factory import make_series, to_bytes
 
-pytest_plugins = ["tests.auth_fixtures"]
-
 BOUNDARY = "auth-test-boundary"
 
 
