@@ -84,3 +84,24 @@ def test_limits_only_run_still_starts_our_server(tmp_path: Path) -> None:
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads(out.read_text())
     assert "ours" in report["meta"]["machine"]["servers"]
+
+
+def test_no_fsync_adds_a_column_of_ours_without_fsync(tmp_path: Path) -> None:
+    """``--no-fsync`` runs a second server of ours beside the first, on every row."""
+    out = tmp_path / "smoke.json"
+    completed = subprocess.run(
+        [
+            *(sys.executable, "-m", "benchmarks.run", "--smoke", "--no-orthanc", "--no-fsync"),
+            *("--only", "ingest", "--json", str(out)),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    rows = json.loads(out.read_text())["results"]
+    for key in ("stow_1_per_s", "stow_4_per_s", "storescu_1_per_s"):
+        assert set(rows[key]["values"]) == {"ours", "ours-nofsync"}, key
+        assert rows[key]["values"]["ours-nofsync"]["median"] > 0, key
+    assert "| ours-nofsync |" in completed.stdout
