@@ -34,17 +34,23 @@ EXPECTED = [
 LIMITS = ["disk_write_fsync_MBps", "loopback_http_sendfile_MBps", "pydicom_header_parse_per_s"]
 
 
-def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
+def smoke(tmp_path: Path, *args: str) -> tuple[str, dict]:
+    """Run ``benchmarks.run --smoke --no-orthanc *args``; its table and JSON report."""
     out = tmp_path / "smoke.json"
+    argv = [sys.executable, "-m", "benchmarks.run", "--smoke", "--no-orthanc", *args]
     completed = subprocess.run(
-        [sys.executable, "-m", "benchmarks.run", "--smoke", "--no-orthanc", "--json", str(out)],
+        [*argv, "--json", str(out)],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return completed.stdout, json.loads(out.read_text())
+
+
+def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
+    table, report = smoke(tmp_path)
     rows = report["results"]
     missing = [key for key in EXPECTED if key not in rows]
     assert not missing, f"not reported: {missing}"
@@ -58,50 +64,20 @@ def test_smoke_run_reports_every_measurement(tmp_path: Path) -> None:
             assert all(run > 0 for run in value["runs"]), (key, value)
     for key in LIMITS:
         assert report["meta"]["limits"][key] > 0, key
-    assert "| measurement |" in completed.stdout
+    assert "| measurement |" in table
 
 
 def test_limits_only_run_still_starts_our_server(tmp_path: Path) -> None:
     """Our server must start: a smoke run whose server fails exits non-zero."""
-    out = tmp_path / "smoke.json"
-    completed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.run",
-            "--smoke",
-            "--no-orthanc",
-            "--only",
-            "limits",
-            "--json",
-            str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    report = json.loads(out.read_text())
+    _table, report = smoke(tmp_path, "--only", "limits")
     assert "ours" in report["meta"]["machine"]["servers"]
 
 
 def test_no_fsync_adds_a_column_of_ours_without_fsync(tmp_path: Path) -> None:
     """``--no-fsync`` runs a second server of ours beside the first, on every row."""
-    out = tmp_path / "smoke.json"
-    completed = subprocess.run(
-        [
-            *(sys.executable, "-m", "benchmarks.run", "--smoke", "--no-orthanc", "--no-fsync"),
-            *("--only", "ingest", "--json", str(out)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    rows = json.loads(out.read_text())["results"]
+    table, report = smoke(tmp_path, "--no-fsync", "--only", "ingest")
+    rows = report["results"]
     for key in ("stow_1_per_s", "stow_4_per_s", "storescu_1_per_s"):
         assert set(rows[key]["values"]) == {"ours", "ours-nofsync"}, key
         assert rows[key]["values"]["ours-nofsync"]["median"] > 0, key
-    assert "| ours-nofsync |" in completed.stdout
+    assert "| ours-nofsync |" in table
