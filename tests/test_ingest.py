@@ -53,6 +53,28 @@ def test_encapsulated_frame_fragments_match_pydicom(archive: Archive, syntax: st
         assert b"".join(archive.read_ranges(stored, stored.pixels.frame_ranges(n))) == frame
 
 
+def test_header_longer_than_the_head_kept_in_memory(archive: Archive) -> None:
+    """Ingest parses the first storage.HEAD bytes from memory and reads the rest of a
+    longer header from the file: values, bulk data ranges and frames past it are right."""
+    from pydicom.dataelem import DataElement
+
+    from dicomweb_server.archive.storage import HEAD
+
+    ds = make_instance(rows=8, columns=8, StudyDescription="after the big value")
+    blob = bytes(range(256)) * (HEAD // 256 + 40)  # straddles the head's end
+    ds.add(DataElement(0x00091010, "LO", "PRIVATE CREATOR"))
+    ds.add(DataElement(0x00091001, "OB", blob))
+    ds.add(DataElement(0x00200060, "CS", "L"))  # Laterality, after the value
+    archive.store(io.BytesIO(to_bytes(ds)), ORIGIN)
+    [stored] = archive.instances(ds.StudyInstanceUID)
+    metadata = json.loads(next(archive.metadata(ds.StudyInstanceUID)))
+    assert metadata["00200060"] == {"vr": "CS", "Value": ["L"]}
+    assert metadata["00081030"]["Value"] == ["after the big value"]
+    assert b"".join(archive.read_ranges(stored, [stored.bulk["00091001"]])) == blob
+    [frame] = archive.read_ranges(stored, stored.pixels.frame_ranges(1))
+    assert frame == ds.PixelData
+
+
 def test_reparsed_stored_file_equals_input(archive: Archive) -> None:
     ds = make_instance(PatientName="Müller^Jürgen", SpecificCharacterSet="ISO_IR 100")
     archive.store(io.BytesIO(to_bytes(ds)), ORIGIN)

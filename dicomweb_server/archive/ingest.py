@@ -142,7 +142,7 @@ class Ingest:
             received = self.storage.receive(Part10Stream(source), self.settings.max_instance_size)
         parsed = None
         try:
-            parsed = parse_instance(received.path, self.settings.bulk_data_threshold)
+            parsed = parse_instance(received, self.settings.bulk_data_threshold)
             if expected_study_uid is not None and parsed.study_uid != expected_study_uid:
                 raise StudyMismatch(
                     f"StudyInstanceUID {parsed.study_uid} differs from the study "
@@ -153,6 +153,7 @@ class Ingest:
                 received, parsed = applied.received, applied.parsed
                 if applied.quarantined:
                     return _result(parsed, StoreStatus.QUARANTINED)
+            received = received.without_head()  # parsed: a batch need not hold it
             early = self._check_duplicate(parsed) if precheck else None
             if early is not None:
                 self.storage.discard(received)

@@ -23,6 +23,7 @@ from . import dicomjson
 from .attributes import LEVEL_KEYS, Level, parse_int
 from .errors import ArchiveError, InvalidInstance, UnsupportedTransferSyntax
 from .frames import PixelLayout, scan_pixel_data
+from .storage import Received
 from .uids import clean_uid
 
 # pydicom checks each value it decodes against its VR's rules and, by default, only
@@ -69,14 +70,15 @@ class ParsedInstance:
         return max(parse_int(self.dataset.get("NumberOfFrames", 1)) or 1, 1)
 
 
-def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
-    """Parse and validate the Part 10 file at ``path``.
+def parse_instance(source: Path | Received, bulk_threshold: int) -> ParsedInstance:
+    """Parse and validate the Part 10 file at ``source`` (a path, or a file just received,
+    whose header is then read from memory).
 
     Raises :class:`InvalidInstance` (or :class:`UnsupportedTransferSyntax`) with a message
     fit for a PS3.18 failure body or a DIMSE Error Comment.
     """
     try:
-        return _parse_instance(path, bulk_threshold)
+        return _parse_instance(source, bulk_threshold)
     except (ArchiveError, OSError):
         raise
     except Exception as exc:
@@ -86,8 +88,8 @@ def parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
         raise InvalidInstance(f"the DICOM header cannot be parsed: {exc}") from exc
 
 
-def _parse_instance(path: Path, bulk_threshold: int) -> ParsedInstance:
-    with open(path, "rb") as fp:
+def _parse_instance(source: Path | Received, bulk_threshold: int) -> ParsedInstance:
+    with source.open() if isinstance(source, Received) else open(source, "rb") as fp:
         try:
             dataset = dcmread(fp, stop_before_pixels=True, defer_size=max(bulk_threshold, 1))
         except InvalidDicomError as exc:

@@ -60,7 +60,7 @@ def deidentify_studies(
         with archive.open(instance) as stream:
             received = archive.storage.receive(stream)
         try:
-            parsed = parse_instance(received.path, deid.bulk_data_threshold)
+            parsed = parse_instance(received, deid.bulk_data_threshold)
         except BaseException:
             archive.storage.discard(received)
             raise

@@ -154,7 +154,7 @@ class Deidentifier:
             ),
         )
         try:
-            new_parsed = parse_instance(new.path, self.bulk_data_threshold)
+            new_parsed = parse_instance(new, self.bulk_data_threshold)
             if self.public_key is not None:
                 self._record(outcome[0])
         except BaseException:
