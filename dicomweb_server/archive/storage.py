@@ -7,6 +7,8 @@ index commit that makes them visible.  Each file's fsync starts in a background 
 soon as the file is written, so the disk works while the request's next part is read and
 parsed; ``sync`` adds one fsync of each folder of the batch and waits for them all.  (An
 fsync interleaved with each write cost ~1.9 ms per 525 KB slice here, ~0.35 ms batched.)
+Files that will be synced are written around the page cache (:mod:`.filewriter`), so the
+fsync has little left to do and a backlog does not evict what readers need.
 Final names are derived from UIDs that :mod:`.uids` has validated, never from raw input.
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import BinaryIO, Protocol
 
 from .errors import InstanceTooLarge, NotFound, OutOfResources, StorageFull
+from .filewriter import BufferPool, FileWriter
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +129,9 @@ class FolderStorage:
         self._host = socket.gethostname()
         self._syncer: ThreadPoolExecutor | None = None
         self._syncer_pid = 0
+        #: Durable files are written around the page cache (see .filewriter).
+        self._direct = fsync
+        self._buffers = BufferPool()
 
     # -- writing -------------------------------------------------------------------
 
@@ -144,7 +150,7 @@ class FolderStorage:
         head = b""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:
-            with open(fd, "wb", closefd=False) as out:
+            with FileWriter(fd, self._buffers if self._direct else None) as out:
                 while chunk := source.read(CHUNK):
                     size += len(chunk)
                     if limit and size > limit:
@@ -153,6 +159,11 @@ class FolderStorage:
                     out.write(chunk)
                     if len(head) < HEAD:
                         head = (head + chunk)[:HEAD] if head else chunk[:HEAD]
+            if out.refused:
+                self._direct = False
+                log.info(
+                    "%s does not take O_DIRECT: files are written through the cache", self.root
+                )
         except BaseException as exc:
             os.close(fd)
             path.unlink(missing_ok=True)
