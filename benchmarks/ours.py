@@ -113,7 +113,7 @@ def _drop_database(url: str) -> None:
 
 
 def start_ours(
-    postgres: bool = False, workers: int = 2, dimse_wait: float = 10.0, durable: bool = True
+    postgres: bool = False, workers: int = 0, dimse_wait: float = 10.0, durable: bool = True
 ) -> Ours:
     """Start ``dicomweb-server serve`` on free loopback ports; raise StartError on failure.
 

@@ -51,7 +51,7 @@ host_option = _option("--host", help="Address to listen on (HTTP and DIMSE). [12
 http_port_option = _option("--http-port", type=int, help="DICOMweb HTTP port. [8042]")
 dimse_port_option = _option("--dimse-port", type=int, help="DIMSE port. [11112]")
 aet_option = _option("--aet", help="Our DICOM Application Entity title. [DICOMWEB]")
-workers_option = _option("--workers", type=int, help="gunicorn worker processes (0: one per core).")
+workers_option = _option("--workers", type=int, help="gunicorn worker processes (0: two per core).")
 remote_ae_option = _option(
     "--remote-ae",
     multiple=True,

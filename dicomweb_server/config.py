@@ -79,7 +79,7 @@ class HttpSettings(_Section):
     trusted_proxies: int = Field(default=0, ge=0)
     #: Origins allowed by CORS; ``["*"]`` lets a viewer on any origin call the server.
     cors_origins: list[str] = ["*"]
-    #: gunicorn worker processes for ``web`` and ``serve`` (0: one per CPU core).
+    #: gunicorn worker processes for ``web`` and ``serve`` (0: two per CPU core).
     workers: int = Field(default=0, ge=0)
     #: Threads per gunicorn worker.
     threads: int = Field(default=8, ge=1)

@@ -50,3 +50,12 @@ def test_invalid_values_are_refused_with_the_option_named(tmp_path: Path) -> Non
         load_settings(config)
     with pytest.raises(FileNotFoundError):
         load_settings(tmp_path / "missing.toml")
+
+
+def test_workers_default_to_two_per_core_and_follow_the_setting() -> None:
+    import os
+
+    from dicomweb_server.server import gunicorn_options
+
+    assert gunicorn_options(Settings())["workers"] == 2 * (os.cpu_count() or 1)
+    assert gunicorn_options(load_settings(None, http={"workers": 3}))["workers"] == 3
