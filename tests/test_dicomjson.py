@@ -23,6 +23,8 @@ from pydicom.tag import Tag
 from dicomweb_server.archive import dicomjson
 
 TEXT_VRS = ["AE", "AS", "CS", "DA", "DT", "TM", "UI", "DS", "IS"]
+#: Decoded with the Specific Character Set, which printable ASCII does not need.
+CHARSET_VRS = ["LO", "SH", "UC", "LT", "ST", "UT", "PN"]
 NUMBER_VRS = ["US", "SS", "UL", "SL", "UV", "SV", "FL", "FD"]
 #: Characters that matter to the text decoders: padding, delimiters, digits, signs.
 ALPHABET = " \0\\0123456789.+-eEabcZ_:\t"
@@ -57,6 +59,15 @@ def test_text_values_decode_as_pydicom_decodes_them(vr: str, text: str) -> None:
         assert ours == reference(vr, data)
 
 
+@settings(max_examples=600, deadline=None)
+@given(st.sampled_from(CHARSET_VRS), st.text(ALPHABET + "AbZ^=()'", max_size=24))
+def test_ascii_names_and_texts_decode_as_pydicom_decodes_them(vr: str, text: str) -> None:
+    data = text.encode("ascii")
+    ours = plain(vr, data)
+    if ours is not None:
+        assert ours == reference(vr, data)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.sampled_from(NUMBER_VRS), st.binary(max_size=32), st.booleans())
 def test_binary_numbers_decode_as_pydicom_decodes_them(
@@ -77,6 +88,9 @@ def test_binary_numbers_decode_as_pydicom_decodes_them(
         ("AE", b" STORE \\ FIND", ["STORE", "FIND"]),
         ("US", b"\x00\x02", [512]),
         ("DA", b"        ", []),
+        ("LO", b"BRAIN W/O \\ CONTRAST ", ["BRAIN W/O", " CONTRAST"]),
+        ("LT", b"A \\ B\0", ["A \\ B"]),
+        ("PN", b"Doe^John\\Roe^Jane ", [{"Alphabetic": "Doe^John"}, {"Alphabetic": "Roe^Jane"}]),
     ],
 )
 def test_typical_values(vr: str, data: bytes, expected: list[Any]) -> None:
@@ -92,7 +106,10 @@ def test_typical_values(vr: str, data: bytes, expected: list[Any]) -> None:
         ("FD", b"\x00" * 6 + b"\xf8\x7f"),  # NaN: JSON has none
         ("US", b"\x01\x02\x03"),  # not a whole number of values
         ("CS", "Ä".encode("latin-1")),  # non-ASCII: the character set decides
-        ("LO", b"text"),  # a VR whose decoding depends on the character set
+        ("LO", "Müller".encode("latin-1")),  # non-ASCII: the character set decides
+        ("LT", b"line one\r\nline two"),  # control characters
+        ("PN", b"Yamada^Tarou=\x1b$B;3ED\x1b(B"),  # ISO 2022 escapes, component groups
+        ("PN", b"Doe^John=Doe^John"),  # component groups
     ],
 )
 def test_values_left_to_pydicom(vr: str, data: bytes) -> None:
@@ -145,7 +162,7 @@ def _compare(ours: dict[str, Any], theirs: dict[str, Any]) -> None:
             continue
         if isinstance(theirs[key], DataElement):
             continue
-        if entry["vr"] in TEXT_VRS + NUMBER_VRS and _finite(theirs[key]):
+        if entry["vr"] in TEXT_VRS + CHARSET_VRS + NUMBER_VRS and _finite(theirs[key]):
             assert entry == theirs[key], key
 
 
