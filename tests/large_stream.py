@@ -37,13 +37,16 @@ class LargeInstance(io.RawIOBase):
         n = min(len(buffer), CHUNK, self.size - self._position)
         if self._position < len(self._header):
             piece = self._header[self._position : self._position + n]
-        else:
+        else:  # each frame filled with its number, whatever frames the read spans
+            frame_size = 512 * 512 * 2
             offset = self._position - len(self._header)
-            frame_byte = (offset // (512 * 512 * 2)) % 251  # each frame filled with its number
-            piece = bytes([frame_byte]) * n
-            boundary = 512 * 512 * 2 - offset % (512 * 512 * 2)
-            if boundary < n:
-                piece = piece[:boundary] + bytes([(frame_byte + 1) % 251]) * (n - boundary)
+            pieces = []
+            while n > 0:
+                frame, within = divmod(offset, frame_size)
+                take = min(n, frame_size - within)
+                pieces.append(bytes([frame % 251]) * take)
+                offset, n = offset + take, n - take
+            piece = b"".join(pieces)
         buffer[: len(piece)] = piece
         self._position += len(piece)
         return len(piece)

@@ -45,13 +45,19 @@ class Trickle(io.RawIOBase):
 
 
 def read_all(
-    stream: io.RawIOBase, chunk_size: int = 1 << 20, read_size: int = 7
+    stream: io.RawIOBase, chunk_size: int = 1 << 20, read_size: int = 7, into: bool = False
 ) -> list[tuple[dict[str, str], bytes]]:
+    """Every part; read with ``read`` or, ``into``, with ``readinto`` (as ingest reads)."""
     out = []
     for part in MultipartReader(stream, BOUNDARY, chunk_size=chunk_size):
         data = bytearray()
-        while chunk := part.stream.read(read_size):
-            data += chunk
+        if into:
+            buffer = bytearray(read_size)
+            while count := part.stream.readinto(buffer):
+                data += buffer[:count]
+        else:
+            while chunk := part.stream.read(read_size):
+                data += chunk
         out.append((part.headers, bytes(data)))
     return out
 
@@ -73,13 +79,15 @@ TRICKY = [
 ]
 
 
-def test_every_split_position_gives_the_same_parts() -> None:
+@pytest.mark.parametrize("into", [False, True], ids=["read", "readinto"])
+def test_every_split_position_gives_the_same_parts(into: bool) -> None:
     data = body(*TRICKY, preamble=b"ignored preamble\r\n", epilogue=b"ignored epilogue")
     for chunk_size in (1, 2, 3, 5, 13, 64):
         for step in (1, 7, len(data)):
-            parts = read_all(Trickle(data, step), chunk_size=chunk_size)
-            assert [p[1] for p in parts] == TRICKY, (chunk_size, step)
-            assert all(p[0] == {"content-type": "application/dicom"} for p in parts)
+            for read_size in (1, 7, 1000):
+                parts = read_all(Trickle(data, step), chunk_size, read_size, into)
+                assert [p[1] for p in parts] == TRICKY, (chunk_size, step, read_size)
+                assert all(p[0] == {"content-type": "application/dicom"} for p in parts)
 
 
 @pytest.mark.parametrize("split", range(1, 200))

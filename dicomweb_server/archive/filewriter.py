@@ -8,10 +8,12 @@ evicts the index and the studies being viewed.  So durable writes use ``O_DIRECT
 disk reads the bytes straight from a page-aligned buffer, the fsync that follows has only
 the file's metadata left to write, and the cache keeps what is read.
 
-``O_DIRECT`` needs the buffer, the length and the file offset aligned to the device's
-block size: whole buffers are written directly, the last partial block through the
-cache.  A file system that refuses ``O_DIRECT`` gets plain writes (:attr:`FileWriter.refused`
-tells the caller, so that it stops asking).
+The incoming bytes are read straight into that buffer (``readinto``), so the one copy the
+interpreter makes of them is the one the disk needs.  ``O_DIRECT`` needs the buffer, the
+length and the file offset aligned to the device's block size: whole buffers are written
+directly, the last partial block through the cache.  A file system that refuses
+``O_DIRECT`` gets plain writes (:attr:`FileWriter.refused` tells the caller, so that it
+stops asking).
 """
 
 from __future__ import annotations
@@ -20,16 +22,16 @@ import errno
 import fcntl
 import mmap
 import os
-from types import TracebackType
+from typing import Any
 
 #: Alignment of direct writes: the page size, a multiple of any disk's logical block.
 ALIGN = mmap.PAGESIZE
-#: Bytes collected before each direct write.
+#: Bytes collected before each write.
 BUFFER = 1 << 20
 
 
 class BufferPool:
-    """Page-aligned buffers for direct writes, reused; as many as writes run at once."""
+    """Page-aligned buffers, reused; as many as files are written at once."""
 
     def __init__(self, size: int = BUFFER) -> None:
         self.size = size
@@ -46,77 +48,79 @@ class BufferPool:
 
 
 class FileWriter:
-    """Writes a new file's bytes to ``fd``, directly through a buffer of ``pool`` if given.
+    """Writes a new file's bytes to ``fd`` through a buffer of ``pool``; with ``direct``,
+    around the page cache.
 
-    Use as a context manager: leaving it without an error writes what is still
-    buffered; leaving it in any case returns the buffer to the pool.  ``fd`` stays open
-    (the caller fsyncs and closes it).
+    :meth:`readfrom` reads the source into the buffer and sends each full buffer to the
+    disk; :meth:`finish` writes the rest (it may run in another thread: the caller need
+    not wait for the last write) and :meth:`abandon` drops it; either returns the buffer
+    to the pool.  ``fd`` stays open (the caller fsyncs and closes it).
     """
 
-    def __init__(self, fd: int, pool: BufferPool | None) -> None:
+    def __init__(self, fd: int, pool: BufferPool, *, direct: bool) -> None:
         self._fd = fd
         self._pool = pool
-        self._buffer = pool.acquire() if pool is not None else None
-        self._view = memoryview(self._buffer) if self._buffer is not None else None
+        self._buffer: mmap.mmap | None = pool.acquire()
+        self._view: memoryview | None = memoryview(self._buffer)
         self._filled = 0
+        self._want_direct = direct
         self._direct = False
         #: The file system refused O_DIRECT; the file was written through the cache.
         self.refused = False
 
-    def __enter__(self) -> FileWriter:
-        return self
+    def readfrom(self, source: Any) -> memoryview:
+        """Read the next bytes of ``source`` (``readinto``, else ``read``) into the buffer.
 
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        value: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        try:
-            if kind is None:
-                self._finish()
-        finally:
-            self._view = None
-            if self._pool is not None and self._buffer is not None:
-                self._pool.release(self._buffer)
-                self._buffer = None
-
-    def write(self, data: bytes) -> None:
+        Returns them, valid until the next call; empty at the end of ``source``.
+        """
         view = self._view
-        if view is None:
-            _write_all(self._fd, data)
-            return
-        size = len(view)
-        rest = memoryview(data)
-        while rest:
-            take = min(len(rest), size - self._filled)
-            view[self._filled : self._filled + take] = rest[:take]
-            self._filled += take
-            rest = rest[take:]
-            if self._filled == size:
-                self._write_direct(view)
-                self._filled = 0
+        assert view is not None, "finished"
+        window = view[self._filled :]
+        readinto = getattr(source, "readinto", None)
+        if readinto is not None:
+            count = readinto(window) or 0
+        else:
+            data = source.read(len(window))
+            count = len(data)
+            window[:count] = data
+        self._filled += count
+        if self._filled == len(view):
+            self._write_whole(view)
+            self._filled = 0
+        return window[:count]
 
-    def _finish(self) -> None:
-        if self._view is None or not self._filled:
-            return
-        whole = self._filled - self._filled % ALIGN
-        if whole:
-            self._write_direct(self._view[:whole])
-        if whole < self._filled:  # the last partial block: through the cache
-            self._set_direct(False)
-            _write_all(self._fd, self._view[whole : self._filled])
+    def finish(self) -> None:
+        """Write what is still buffered, then give the buffer back."""
+        try:
+            if self._view is not None and self._filled:
+                whole = self._filled - self._filled % ALIGN
+                if whole:
+                    self._write_whole(self._view[:whole])
+                if whole < self._filled:  # the last partial block: through the cache
+                    self._set_direct(False)
+                    _write_all(self._fd, self._view[whole : self._filled])
+        finally:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Give the buffer back without writing what it holds."""
+        self._view = None
         self._filled = 0
+        if self._buffer is not None:
+            self._pool.release(self._buffer)
+            self._buffer = None
 
-    def _write_direct(self, data: memoryview) -> None:
-        if not self._direct and not self.refused:
+    def _write_whole(self, data: memoryview) -> None:
+        """Write aligned bytes: directly if wanted and the file system takes it."""
+        if self._want_direct and not self._direct and not self.refused:
             self._set_direct(True)
         try:
             written = os.write(self._fd, data)
         except OSError as exc:
             if exc.errno != errno.EINVAL or not self._direct:
                 raise
-            self._refuse()  # an alignment this device does not take: nothing was written
+            self._set_direct(False)  # an alignment this device does not take:
+            self.refused = True  # nothing was written
             written = 0
         if written < len(data):  # a short write: the rest would not be aligned
             self._set_direct(False)
@@ -137,12 +141,8 @@ class FileWriter:
             return
         self._direct = on
 
-    def _refuse(self) -> None:
-        self._set_direct(False)
-        self.refused = True
 
-
-def _write_all(fd: int, data: bytes | memoryview) -> None:
-    rest = memoryview(data)
+def _write_all(fd: int, data: memoryview) -> None:
+    rest = data
     while rest:
         rest = rest[os.write(fd, rest) :]

@@ -29,6 +29,14 @@ class Part10Stream:
             head = bytes(128) + b"DICM" + head
         self._head = head
 
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """Into ``buffer``, without the copy a ``read`` makes, where the stream can."""
+        if self._head or not hasattr(self._stream, "readinto"):
+            data = self.read(len(buffer))
+            buffer[: len(data)] = data
+            return len(data)
+        return self._stream.readinto(buffer) or 0
+
     def read(self, size: int = -1, /) -> bytes:
         if self._head:
             if size is None or size < 0 or size >= len(self._head):

@@ -24,7 +24,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +56,25 @@ class Received:
     synced: Future[None] | None = field(default=None, compare=False, repr=False)
     #: The file's first bytes (up to :data:`HEAD`), kept from the copy; see :meth:`open`.
     head: bytes = field(default=b"", compare=False, repr=False)
+    #: The write of the file's last bytes, under way in the background (see :meth:`ready`).
+    written: Future[None] | None = field(default=None, compare=False, repr=False)
+
+    def ready(self) -> Path:
+        """The file's path, once every byte is in the file.
+
+        The last megabyte of a durable file is written in the background while ingest
+        parses its header from :attr:`head`: whatever reads the file itself, moves it or
+        names it waits here first.  Raises :class:`OutOfResources` if that write failed
+        for want of space.
+        """
+        if self.written is not None:
+            try:
+                self.written.result()
+            except OSError as exc:
+                if mapped := _out_of_resources(exc):
+                    raise mapped from exc
+                raise
+        return self.path
 
     def open(self) -> BinaryIO:
         """The file for reading, its first bytes served from :attr:`head`.
@@ -63,11 +82,11 @@ class Received:
         Parsing a header reads it in dozens of small pieces and asks for the position
         after each element; from memory that costs no system calls, which on a loaded
         server each let another thread take the interpreter lock.  Reads past the head
-        go to the file, opened only then.
+        go to the file, opened only then (and only once it is :meth:`ready`).
         """
         if not self.head:
-            return open(self.path, "rb")
-        return io.BufferedReader(_HeadThenFile(self.head, self.path, self.size))
+            return open(self.ready(), "rb")
+        return io.BufferedReader(_HeadThenFile(self.head, self.path, self.size, self.ready))
 
     def without_head(self) -> Received:
         """This copy without its head in memory (once parsed, a batch need not hold it)."""
@@ -131,14 +150,15 @@ class FolderStorage:
         self._syncer_pid = 0
         #: Durable files are written around the page cache (see .filewriter).
         self._direct = fsync
-        self._buffers = BufferPool()
+        self._buffers = BufferPool(CHUNK)
 
     # -- writing -------------------------------------------------------------------
 
     def receive(self, source: BinaryIO, limit: int = 0) -> Received:
         """Copy ``source`` to a new temporary file, hashing it on the way.
 
-        Memory stays at one chunk whatever the size.  Raises :class:`InstanceTooLarge`
+        ``source`` is read with ``readinto`` where it has one.  Memory stays at one
+        buffer whatever the size.  Raises :class:`InstanceTooLarge`
         past ``limit`` bytes (0: unlimited) and :class:`OutOfResources` when the disk is
         full; the temporary file is gone in both cases.
         """
@@ -149,22 +169,19 @@ class FolderStorage:
         size = 0
         head = b""
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        out = FileWriter(fd, self._buffers, direct=self._direct)
         try:
-            with FileWriter(fd, self._buffers if self._direct else None) as out:
-                while chunk := source.read(CHUNK):
-                    size += len(chunk)
-                    if limit and size > limit:
-                        raise InstanceTooLarge(f"instance exceeds the limit of {limit} bytes")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    if len(head) < HEAD:
-                        head = (head + chunk)[:HEAD] if head else chunk[:HEAD]
-            if out.refused:
-                self._direct = False
-                log.info(
-                    "%s does not take O_DIRECT: files are written through the cache", self.root
-                )
+            while data := out.readfrom(source):
+                size += len(data)
+                if limit and size > limit:
+                    raise InstanceTooLarge(f"instance exceeds the limit of {limit} bytes")
+                digest.update(data)
+                if len(head) < HEAD:
+                    head += data[: HEAD - len(head)]
+            if not self.fsync:
+                out.finish()
         except BaseException as exc:
+            out.abandon()
             os.close(fd)
             path.unlink(missing_ok=True)
             if isinstance(exc, OSError) and (mapped := _out_of_resources(exc)):
@@ -173,8 +190,24 @@ class FolderStorage:
         if not self.fsync:
             os.close(fd)
             return Received(path, size, digest.hexdigest(), head=head)
-        synced = self._sync_pool().submit(_fsync_fd, fd)
-        return Received(path, size, digest.hexdigest(), synced, head)
+        # The last bytes are written, then synced, in the background: the disk works
+        # while the caller parses the header (from ``head``) and reads the next part.
+        written: Future[None] = Future()
+        synced = self._sync_pool().submit(self._finish, out, fd, written)
+        return Received(path, size, digest.hexdigest(), synced, head, written)
+
+    def _finish(self, out: FileWriter, fd: int, written: Future[None]) -> None:
+        try:
+            out.finish()
+        except BaseException as exc:
+            os.close(fd)
+            written.set_exception(exc)
+            raise
+        written.set_result(None)
+        if out.refused and self._direct:
+            self._direct = False
+            log.info("%s does not take O_DIRECT: files are written through the cache", self.root)
+        _fsync_fd(fd)
 
     def _sync_pool(self) -> ThreadPoolExecutor:
         # Created in the process that uses it: gunicorn forks workers after start-up,
@@ -195,6 +228,7 @@ class FolderStorage:
         """
         target = self.path(key)
         try:
+            received.ready()
             self._make_folder(target.parent)
             try:
                 os.link(received.path, target)  # fails if the target exists
@@ -318,17 +352,19 @@ class FolderStorage:
 
 
 class _HeadThenFile(io.RawIOBase):
-    """A file of ``size`` bytes whose first bytes are in memory: reads past them open it.
+    """A file of ``size`` bytes whose first bytes are in memory: reads past them open it,
+    once ``ready`` has returned (the file is complete).
 
     It has the file's ``name``, as a file opened by path has: pydicom reopens the file
     by that name to read a value it deferred.
     """
 
-    def __init__(self, head: bytes, path: Path, size: int) -> None:
+    def __init__(self, head: bytes, path: Path, size: int, ready: Callable[[], object]) -> None:
         super().__init__()
         self._head = head
         self._path = path
         self._size = size
+        self._ready = ready
         self._file: io.FileIO | None = None
         self._position = 0
 
@@ -364,6 +400,7 @@ class _HeadThenFile(io.RawIOBase):
             count = 0
         else:
             if self._file is None:
+                self._ready()
                 self._file = io.FileIO(self._path, "rb")
             self._file.seek(start)
             count = self._file.readinto(buffer) or 0

@@ -180,9 +180,30 @@ class MultipartReader:
         return data
 
     def _read_part_data(self, size: int) -> tuple[bytes, bool]:
-        """Up to ``size`` bytes of the current part, and whether the part ended.
+        """Up to ``size`` bytes of the current part, and whether the part ended."""
+        count, ended = self._part_run(size)
+        data = self._take(count)
+        self._after_run(ended)
+        return data, ended
 
-        Returns what is buffered rather than waiting for ``size`` bytes, and never scans
+    def _read_part_into(self, buffer: memoryview) -> tuple[int, bool]:
+        """:meth:`_read_part_data` into ``buffer``: bytes copied, and whether the part ended."""
+        count, ended = self._part_run(len(buffer))
+        with memoryview(self._buffer) as view:
+            buffer[:count] = view[:count]
+        del self._buffer[:count]
+        self._after_run(ended)
+        return count, ended
+
+    def _after_run(self, ended: bool) -> None:
+        if ended:
+            del self._buffer[: len(self._delimiter)]
+
+    def _part_run(self, size: int) -> tuple[int, bool]:
+        """How many of the buffer's first bytes (at most ``size``) are the current part's,
+        and whether its delimiter follows them.
+
+        Counts what is buffered rather than waiting for ``size`` bytes, and never scans
         the same bytes for the delimiter twice (``_scanned``: a prefix of the buffer known
         not to hold the start of a delimiter).
         """
@@ -192,25 +213,19 @@ class MultipartReader:
             index = self._buffer.find(delimiter, self._scanned)
             if index >= 0:
                 take = min(index, size)
-                data = self._take(take)
-                if take == index:
-                    del self._buffer[: len(delimiter)]
-                    self._scanned = 0
-                    return data, True
                 self._scanned = 0
-                return data, False
+                return take, take == index
             # Everything but a possible start of the delimiter at the end is part data.
             safe = len(self._buffer) - keep
             self._scanned = max(safe, 0)
             if safe > 0:
                 take = min(safe, size)
                 self._scanned -= take
-                return self._take(take), False
+                return take, False
             if not self._fill():
                 if self._buffer:
-                    data = self._take(min(len(self._buffer), size))
                     self._scanned = 0
-                    return data, False
+                    return min(len(self._buffer), size), False
                 raise TruncatedBody(
                     "the request body ended inside a part, before the closing boundary "
                     "delimiter (RFC 2046 5.1.1); was the upload interrupted?"
@@ -319,6 +334,19 @@ class PartReader:
             self.size += len(data)
             if data or self._ended:
                 return data
+
+    def readinto(self, buffer: bytearray | memoryview, /) -> int:
+        """Like :meth:`read`, into ``buffer``: one copy, from the request's buffer."""
+        if self._ended or not len(buffer):
+            return 0
+        with memoryview(buffer) as view, view.cast("B") as target:
+            while True:
+                count, ended = self._reader._read_part_into(target)
+                if ended:
+                    self._ended = True
+                self.size += count
+                if count or self._ended:
+                    return count
 
     def readable(self) -> bool:
         return True

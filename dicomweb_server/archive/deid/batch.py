@@ -69,7 +69,7 @@ def deidentify_studies(
             result.quarantined.append(applied.parsed.sop_uid)
             continue
         try:
-            result.stored.append(archive.store(applied.received.path, origin))
+            result.stored.append(archive.store(applied.received.ready(), origin))
         finally:
             archive.storage.discard(applied.received)
     return result

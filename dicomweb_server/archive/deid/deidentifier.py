@@ -144,7 +144,7 @@ class Deidentifier:
         new = cast(
             Received,
             rewrite(
-                received.path,
+                received.ready(),
                 parsed.dataset,
                 parsed.pixels,
                 parsed.transfer_syntax_uid,

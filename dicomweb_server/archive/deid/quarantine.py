@@ -75,7 +75,7 @@ def hold(
     name = f"{parsed.sop_uid}.dcm"  # a validated UID (parse.clean_uid): safe as a name
     target = folder(data_dir) / name
     target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(received.path, target)
+    os.replace(received.ready(), target)
     with engine.begin() as connection:
         connection.execute(delete(DeidQuarantine).where(DeidQuarantine.sop_uid == parsed.sop_uid))
         connection.execute(
