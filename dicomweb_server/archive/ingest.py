@@ -378,7 +378,7 @@ class IndexWriter:
                 "series_pk": series_pk,
                 "study_pk": study_pk,
                 "sop_class_uid": parsed.sop_class_uid,
-                "instance_number": parse_int(ds.get("InstanceNumber")),
+                "instance_number": _first_int(parsed.metadata, "00200013"),
                 "transfer_syntax_uid": parsed.transfer_syntax_uid,
                 "number_of_frames": parsed.number_of_frames,
                 "storage_key": key,
@@ -509,6 +509,12 @@ class IndexWriter:
             )
         self._ids[cache_key] = found
         return found, created
+
+
+def _first_int(metadata: dict[str, Any], key: str) -> int | None:
+    """The first value of ``key`` in DICOM JSON as an int (decoded there already)."""
+    values = metadata.get(key, {}).get("Value")
+    return parse_int(values[0]) if values else None
 
 
 def _layout(parsed: ParsedInstance) -> str | None:

@@ -124,9 +124,7 @@ def _parse_instance(source: Path | Received, bulk_threshold: int) -> ParsedInsta
             )
 
         deflated = ts == DeflatedExplicitVRLittleEndian
-        pixels = None
-        if not deflated:
-            pixels = _scan_pixels(fp, dataset, UID(ts))
+        pixel_position = fp.tell()  # dcmread stopped at the Pixel Data element
         try:
             decoded: set[int] = set()
             metadata, bulk = dicomjson.to_json(
@@ -138,6 +136,10 @@ def _parse_instance(source: Path | Received, bulk_threshold: int) -> ParsedInsta
             )
         except Exception as exc:
             raise InvalidInstance(f"the header cannot be converted to DICOM JSON: {exc}") from exc
+        pixels = None
+        if not deflated:
+            fp.seek(pixel_position)
+            pixels = _scan_pixels(fp, dataset, metadata, UID(ts))
     if pixels is not None or (deflated and "Rows" in dataset):
         # Pixel Data is always bulk data, even when its frames could not be located.
         tag, vr = (pixels.tag, pixels.vr) if pixels else (0x7FE00010, "OW")
@@ -178,14 +180,15 @@ def _decode_header(dataset: Dataset, decoded: set[int]) -> None:
         dataset[tag]
 
 
-def _scan_pixels(fp, dataset: Dataset, ts: UID) -> PixelLayout | None:  # type: ignore[no-untyped-def]
-    def number(keyword: str, default: int = 0) -> int:
-        value = parse_int(dataset.get(keyword, default))
+def _scan_pixels(fp, dataset: Dataset, metadata: dict[str, Any], ts: UID) -> PixelLayout | None:  # type: ignore[no-untyped-def]
+    def number(key: str, default: int = 0) -> int:
+        """From the metadata, decoded already (asking pydicom would decode again)."""
+        values = metadata.get(key, {}).get("Value")
+        value = parse_int(values[0]) if values else None
         return default if value is None else value
 
-    frame_bits = (
-        number("Rows") * number("Columns") * number("SamplesPerPixel", 1) * number("BitsAllocated")
-    )
+    rows, columns, samples, bits = ("00280010", "00280011", "00280002", "00280100")
+    frame_bits = number(rows) * number(columns) * number(samples, 1) * number(bits)
     extended = None
     raw = dataset.get_item(0x7FE00001, keep_deferred=True)  # Extended Offset Table
     if raw is not None:
@@ -200,7 +203,7 @@ def _scan_pixels(fp, dataset: Dataset, ts: UID) -> PixelLayout | None:  # type: 
         fp,
         little_endian=ts.is_little_endian,
         implicit_vr=ts.is_implicit_VR,
-        number_of_frames=number("NumberOfFrames", 1),
+        number_of_frames=number("00280008", 1),
         frame_bits=frame_bits,
         extended_offsets=extended,
     )
