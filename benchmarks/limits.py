@@ -4,7 +4,10 @@
 - loopback HTTP: ``curl`` downloading a file from a minimal server thread that answers
   every request with ``os.sendfile`` (no HTTP parsing worth the name), i.e. what the
   kernel and curl can move over 127.0.0.1, not what any real server does;
-- pydicom: header parses per second (``stop_before_pixels``) of the CT slices.
+- pydicom: header parses per second (``stop_before_pixels``) of the CT slices;
+- the WSGI floor: latency of an empty QIDO-RS answer from a bare Flask app under
+  gunicorn's threaded worker (:mod:`benchmarks.floor`), asked by the QIDO-RS client:
+  the part of every search latency of ours that is the web stack, not the archive.
 """
 
 from __future__ import annotations
@@ -13,11 +16,16 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
 
+import requests
 from pydicom import dcmread
+
+from . import process
+from .timing import summary
 
 PIECE = 1 << 20
 
@@ -98,10 +106,33 @@ def header_parse_rate(files: list[Path]) -> float:
     return len(files) / (time.perf_counter() - start)
 
 
-def measure(folder: Path, files: list[Path], megabytes: int) -> dict[str, float]:
+def wsgi_floor(folder: Path, iterations: int) -> dict[str, float]:
+    """Median and p95 milliseconds of ``GET /dicom-web/studies`` answered ``[]`` by
+    :mod:`benchmarks.floor` under gunicorn (gthread, one worker), after one warm-up."""
+    port = process.free_port()
+    argv = [sys.executable, "-m", "gunicorn", "--worker-class", "gthread", "--threads", "8"]
+    argv += ["--bind", f"127.0.0.1:{port}", "--worker-tmp-dir", "/dev/shm"]
+    child = process.start([*argv, "benchmarks.floor:app"], folder / "floor.log", {})
+    url = f"http://127.0.0.1:{port}/dicom-web/studies"
+    try:
+        process.wait_http(url, child, folder / "floor.log")
+        with requests.Session() as session:
+            times = []
+            for _ in range(iterations + 1):
+                start = time.perf_counter()
+                session.get(url, headers={"Accept": "application/dicom+json"}).json()
+                times.append((time.perf_counter() - start) * 1000)
+    finally:
+        process.stop(child)
+    figures = summary(times[1:])
+    return {"wsgi_floor_median_ms": figures["median"], "wsgi_floor_p95_ms": figures["p95"]}
+
+
+def measure(folder: Path, files: list[Path], megabytes: int, iterations: int) -> dict[str, float]:
     folder.mkdir(parents=True, exist_ok=True)
     return {
         "disk_write_fsync_MBps": round(disk_write(folder, megabytes), 1),
         "loopback_http_sendfile_MBps": round(loopback_http(folder, megabytes), 1),
         "pydicom_header_parse_per_s": round(header_parse_rate(files), 1),
+        **{k: round(v, 3) for k, v in wsgi_floor(folder, iterations).items()},
     }

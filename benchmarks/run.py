@@ -758,7 +758,9 @@ def main(argv: list[str] | None = None) -> int:
     if "limits" in plan.groups:
         log("physical limits")
         ct = next(iter(bench.ct.values()))
-        meta["limits"] = limits.measure(dataset.OUT / "probe", ct.paths, 16 if plan.smoke else 512)
+        meta["limits"] = limits.measure(
+            dataset.OUT / "probe", ct.paths, 16 if plan.smoke else 512, plan.iterations
+        )
     results.finish()
     meta["seconds"] = round(time.monotonic() - began, 1)
     print(table(results))
