@@ -108,10 +108,10 @@ def _parse_instance(source: Path | Received, bulk_threshold: int) -> ParsedInsta
                 f"transfer syntax {ts} is not supported by this archive"
             )
         try:
-            study = clean_uid(dataset.get("StudyInstanceUID"), "StudyInstanceUID")
-            series = clean_uid(dataset.get("SeriesInstanceUID"), "SeriesInstanceUID")
-            sop = clean_uid(dataset.get("SOPInstanceUID"), "SOPInstanceUID")
-            sop_class = clean_uid(dataset.get("SOPClassUID"), "SOPClassUID")
+            study = clean_uid(_uid(dataset, 0x0020000D), "StudyInstanceUID")
+            series = clean_uid(_uid(dataset, 0x0020000E), "SeriesInstanceUID")
+            sop = clean_uid(_uid(dataset, 0x00080018), "SOPInstanceUID")
+            sop_class = clean_uid(_uid(dataset, 0x00080016), "SOPClassUID")
         except InvalidInstance:
             raise
         except Exception as exc:  # a value that pydicom cannot even decode
@@ -161,6 +161,15 @@ def _parse_instance(source: Path | Received, bulk_threshold: int) -> ParsedInsta
         pixels=pixels,
         warnings=warnings,
     )
+
+
+def _uid(dataset: Dataset, tag: int) -> object:
+    """A UID as sent, read from its bytes: asking pydicom would build its DataElement,
+    which the DICOM JSON conversion would then convert the slow way."""
+    raw = dataset.get_item(tag, keep_deferred=True)
+    if isinstance(raw, RawDataElement) and type(raw.value) is bytes:
+        return raw.value.decode("latin-1").strip(" \0")  # pydicom strips UIDs both ends
+    return dataset.get(tag).value if tag in dataset else None
 
 
 def _decode_header(dataset: Dataset, decoded: set[int]) -> None:
