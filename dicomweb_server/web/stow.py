@@ -85,6 +85,8 @@ MAX_WARNING_HEADERS = 10
 DRAIN_LIMIT = 8 << 20
 #: The request's body stream, limited, in the WSGI environ (one wrapper per request).
 _BODY_KEY = "dicomweb_server.stow.body"
+#: The request's :class:`Origin`, in the WSGI environ.
+_ORIGIN_KEY = "dicomweb_server.stow.origin"
 
 
 @dataclass(frozen=True)
@@ -157,17 +159,21 @@ def _origin() -> Origin:
 
     The source is the ``{name}`` of ``/sources/{name}/studies``: it selects the
     de-identification profile (``[deid.sources]``) the way a calling AE title does for
-    C-STORE, so each contributing site can post to its own route.
+    C-STORE, so each contributing site can post to its own route.  Built once per
+    request, not once per part.
     """
-    user = request.environ.get("REMOTE_USER") or ""
-    if not user and request.authorization is not None:
-        user = request.authorization.username or ""
-    return Origin(
-        "STOW-RS",
-        address=f"{request.remote_addr or ''}:{request.environ.get('REMOTE_PORT', '')}",
-        user=user or request.user_agent.string,
-        source=(request.view_args or {}).get("source", ""),
-    )
+    origin = request.environ.get(_ORIGIN_KEY)
+    if origin is None:
+        user = request.environ.get("REMOTE_USER") or ""
+        if not user and request.authorization is not None:
+            user = request.authorization.username or ""
+        origin = request.environ[_ORIGIN_KEY] = Origin(
+            "STOW-RS",
+            address=f"{request.remote_addr or ''}:{request.environ.get('REMOTE_PORT', '')}",
+            user=user or request.user_agent.string,
+            source=(request.view_args or {}).get("source", ""),
+        )
+    return origin
 
 
 def _check_uid(value: str | None, name: str) -> None:
