@@ -41,6 +41,9 @@ P = Patient.__table__
 ST = Study.__table__
 SE = Series.__table__
 I = Instance.__table__  # noqa: E741 - the four level tables read best as P/ST/SE/I
+#: Aliases of the subqueries below, made once: an alias builds a proxy of every column of
+#: its table when first used (~0.25 ms for the series table), which each query paid.
+_MIS, _SIC, _FIRST = SE.alias("mis"), I.alias("sic"), I.alias("first")
 
 _ORDER = (Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE)
 
@@ -410,7 +413,7 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
     if keyword == "ModalitiesInStudy":
         # A study matches when any of its series has one of the modalities (PS3.4
         # C.6.1.1.3.1); its own EXISTS, independent of other series keys.
-        mis = SE.alias("mis")
+        mis = _MIS
         plan.extra.append(
             exists()
             .where(mis.c.study_pk == ST.c.id)
@@ -418,7 +421,7 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
         )
         return
     if keyword == "SOPClassesInStudy":
-        sic = I.alias("sic")
+        sic = _SIC
         plan.extra.append(
             exists()
             .where(sic.c.study_pk == ST.c.id)
@@ -505,7 +508,7 @@ def _representative(level: Level, pk: Any) -> Any:
     ``pk``, for return keys that the level rows do not hold (a correlated subquery:
     still one statement)."""
     if level is Level.IMAGE:
-        first = I.alias("first")
+        first = _FIRST
         return select(first.c.metadata_json).where(first.c.id == pk).scalar_subquery()
     # Each ORDER BY follows an index whose leading column is the correlated key, so the
     # first row is one index probe (ordering by the primary key alone lets PostgreSQL
