@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+from typing import Any
 
 from pydicom.datadict import keyword_for_tag, tag_for_keyword
 
@@ -181,3 +182,10 @@ def parse_int(value: object) -> int | None:
         return int(str(value).strip())
     except (TypeError, ValueError):
         return None
+
+
+def first_int(metadata: dict[str, Any], key: str) -> int | None:
+    """The first value of ``key`` in DICOM JSON as an int, or ``None``: for values that
+    ingest decoded into the metadata already, which asking pydicom would decode again."""
+    values = metadata.get(key, {}).get("Value")
+    return parse_int(values[0]) if values else None

@@ -33,7 +33,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ..config import DuplicatePolicy, IngestSettings
 from . import dicomjson
-from .attributes import Level, name_key, name_words, normalise_time, parse_date, parse_int
+from .attributes import (
+    Level,
+    first_int,
+    name_key,
+    name_words,
+    normalise_time,
+    parse_date,
+    parse_int,
+)
 from .errors import ArchiveError, DuplicateInstance, OutOfResources, StudyMismatch
 from .index import Instance, Patient, Series, Study
 from .parse import ParsedInstance, parse_instance
@@ -378,7 +386,7 @@ class IndexWriter:
                 "series_pk": series_pk,
                 "study_pk": study_pk,
                 "sop_class_uid": parsed.sop_class_uid,
-                "instance_number": _first_int(parsed.metadata, "00200013"),
+                "instance_number": first_int(parsed.metadata, "00200013"),
                 "transfer_syntax_uid": parsed.transfer_syntax_uid,
                 "number_of_frames": parsed.number_of_frames,
                 "storage_key": key,
@@ -509,12 +517,6 @@ class IndexWriter:
             )
         self._ids[cache_key] = found
         return found, created
-
-
-def _first_int(metadata: dict[str, Any], key: str) -> int | None:
-    """The first value of ``key`` in DICOM JSON as an int (decoded there already)."""
-    values = metadata.get(key, {}).get("Value")
-    return parse_int(values[0]) if values else None
 
 
 def _layout(parsed: ParsedInstance) -> str | None:

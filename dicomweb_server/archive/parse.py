@@ -20,7 +20,7 @@ from pydicom.uid import UID, AllTransferSyntaxes, DeflatedExplicitVRLittleEndian
 from pydicom.valuerep import VR
 
 from . import dicomjson
-from .attributes import LEVEL_KEYS, Level, parse_int
+from .attributes import LEVEL_KEYS, Level, first_int, parse_int
 from .errors import ArchiveError, InvalidInstance, UnsupportedTransferSyntax
 from .frames import PixelLayout, scan_pixel_data
 from .storage import Received
@@ -191,9 +191,7 @@ def _decode_header(dataset: Dataset, decoded: set[int]) -> None:
 
 def _scan_pixels(fp, dataset: Dataset, metadata: dict[str, Any], ts: UID) -> PixelLayout | None:  # type: ignore[no-untyped-def]
     def number(key: str, default: int = 0) -> int:
-        """From the metadata, decoded already (asking pydicom would decode again)."""
-        values = metadata.get(key, {}).get("Value")
-        value = parse_int(values[0]) if values else None
+        value = first_int(metadata, key)
         return default if value is None else value
 
     rows, columns, samples, bits = ("00280010", "00280011", "00280002", "00280100")

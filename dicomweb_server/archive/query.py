@@ -413,19 +413,17 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
     if keyword == "ModalitiesInStudy":
         # A study matches when any of its series has one of the modalities (PS3.4
         # C.6.1.1.3.1); its own EXISTS, independent of other series keys.
-        mis = _MIS
         plan.extra.append(
             exists()
-            .where(mis.c.study_pk == ST.c.id)
-            .where(_match_text(mis.c.modality, value, dialect))
+            .where(_MIS.c.study_pk == ST.c.id)
+            .where(_match_text(_MIS.c.modality, value, dialect))
         )
         return
     if keyword == "SOPClassesInStudy":
-        sic = _SIC
         plan.extra.append(
             exists()
-            .where(sic.c.study_pk == ST.c.id)
-            .where(_match_uid(sic.c.sop_class_uid, value, keyword))
+            .where(_SIC.c.study_pk == ST.c.id)
+            .where(_match_uid(_SIC.c.sop_class_uid, value, keyword))
         )
         return
     matcher = _MATCHERS.get(keyword)
@@ -508,8 +506,7 @@ def _representative(level: Level, pk: Any) -> Any:
     ``pk``, for return keys that the level rows do not hold (a correlated subquery:
     still one statement)."""
     if level is Level.IMAGE:
-        first = _FIRST
-        return select(first.c.metadata_json).where(first.c.id == pk).scalar_subquery()
+        return select(_FIRST.c.metadata_json).where(_FIRST.c.id == pk).scalar_subquery()
     # Each ORDER BY follows an index whose leading column is the correlated key, so the
     # first row is one index probe (ordering by the primary key alone lets PostgreSQL
     # walk the whole instances table instead).
