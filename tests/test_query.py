@@ -11,9 +11,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.dataset import Dataset
 
-from dicomweb_server.archive import Archive, InvalidQuery, Level, Origin, Query
+from dicomweb_server.archive import Archive, InvalidQuery, Level, Origin, Query, query
 from tests.factory import make_instance, to_bytes, uid
 
 ORIGIN = Origin("IMPORT", address="test")
@@ -376,3 +378,67 @@ class TestPaging:
     def test_negative_limit_is_invalid(self, archive: Archive) -> None:
         with pytest.raises(InvalidQuery, match="limit"):
             _search(archive, Level.STUDY, limit=-1)
+
+
+class TestStatementCache:
+    """Queries of one shape share one cached SELECT (``query._statement``); each must
+    still be answered with its own values, whatever was asked before it."""
+
+    def test_one_shape_many_values(self, archive: Archive, data: Data) -> None:
+        for name, expected in (("smi*", [data.b]), ("DOE*", [data.a]), ("x*", [])):
+            assert _studies(archive, PatientName=name) == expected
+        for dates, expected in (
+            ("20230101-20231231", [data.b]),
+            ("20220101-20221231", [data.c]),
+            ("20220101-20231231", [data.b, data.c]),
+        ):
+            assert _studies(archive, StudyDate=dates) == expected
+        assert _studies(archive, ModalitiesInStudy="US") == [data.c]
+        assert _studies(archive, ModalitiesInStudy="CT") == [data.a]
+
+    def test_uid_lists_of_other_lengths(self, archive: Archive, data: Data) -> None:
+        assert _studies(archive, StudyInstanceUID=f"{data.a}\\{data.c}") == [data.a, data.c]
+        assert _studies(archive, StudyInstanceUID=f"{data.b}\\{data.c}") == [data.b, data.c]
+        three = f"{data.c}\\{data.b}\\{data.a}"
+        assert _studies(archive, StudyInstanceUID=three) == [data.a, data.b, data.c]
+
+    def test_paging_values_are_bound(self, archive: Archive, data: Data) -> None:
+        everything = [_value(r, "0020000E") for r in _search(archive, Level.SERIES)]
+        for limit, offset in ((1, 0), (2, 1), (3, 2), (1, 4), (2, 9)):
+            page = _search(archive, Level.SERIES, limit=limit, offset=offset)
+            assert [_value(r, "0020000E") for r in page] == everything[offset : offset + limit]
+
+    @settings(
+        max_examples=60,
+        deadline=None,
+        suppress_health_check=[HealthCheck.function_scoped_fixture],
+    )
+    @given(
+        queries=st.lists(
+            st.fixed_dictionaries(
+                {},
+                optional={
+                    "PatientName": st.sampled_from(["*", "doe*", "SMITH^JANE", "m*", "?mi*"]),
+                    "PatientID": st.sampled_from(["PID001", "PID00?", "P_03", "*1"]),
+                    "StudyDate": st.sampled_from(
+                        ["20230601", "20220101-", "-20221231", "20220101-20231231"]
+                    ),
+                    "Modality": st.sampled_from(["CT", "MR", "US", "CT\\US"]),
+                    "AccessionNumber": st.sampled_from(["A%C_1", "AXC11", "A*"]),
+                    "ModalitiesInStudy": st.sampled_from(["MR", "CT\\US"]),
+                },
+            ),
+            min_size=2,
+            max_size=6,
+        ),
+        level=st.sampled_from([Level.PATIENT, Level.STUDY, Level.SERIES, Level.IMAGE]),
+    )
+    def test_answer_does_not_depend_on_earlier_queries(
+        self, archive: Archive, data: Data, queries: list[dict[str, str]], level: Level
+    ) -> None:
+        """Every query answered after others of any shape equals its answer from an
+        empty cache."""
+        answers = [_search(archive, level, filters=f) for f in queries]
+        for filters, answer in zip(queries, answers, strict=True):
+            query._statement.cache_clear()
+            assert _search(archive, level, filters=filters) == answer

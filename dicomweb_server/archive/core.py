@@ -142,15 +142,15 @@ class Archive:
 
     def search(self, q: query.Query) -> list[dict[str, Any]]:
         """Answer a QIDO-RS query (bounded by its ``limit``); see :mod:`.query`."""
-        with _index_reachable(), self.reader() as session:
-            return query.search(session, q)
+        with _index_reachable(), self.reader_engine.connect() as connection:
+            return query.search(connection, q)
 
     def search_iter(self, q: query.Query) -> Iterator[dict[str, Any]]:
         """Answer a C-FIND query one match at a time, from one read transaction held
         until the iterator ends or is closed.  C-FIND has no paging: a peer that asks
         for every study of a large archive gets them all, and memory holds a batch."""
-        with _index_reachable(), self.reader() as session:
-            yield from query.iter_search(session, q)
+        with _index_reachable(), self.reader_engine.connect() as connection:
+            yield from query.iter_search(connection, q)
 
     def instances(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None

@@ -23,14 +23,27 @@ them matching), and a lone ``*`` is universal matching (PS3.4 C.2.2.2.4).
 from __future__ import annotations
 
 import datetime as dt
+import functools
+import itertools
 import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, exists, func, literal, or_, select
-from sqlalchemy.orm import Session
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    exists,
+    func,
+    or_,
+    select,
+    true,
+)
 
 from .attributes import LEVEL_KEYS, Level, name_key, name_words, normalise_time
 from .errors import InvalidQuery
@@ -162,6 +175,60 @@ _OWN_KEYS: dict[Level, frozenset[str]] = {
 }
 
 
+# -- conditions as data --------------------------------------------------------------------
+#
+# A match condition is first a :class:`_Cond`: which SQL it is (``shape``, hashable, with
+# columns named as ``"table.column"``) and the values it binds.  Queries that differ only
+# in their values share one shape, so the SELECT is built once per shape
+# (:func:`_statement`) and run with the values bound; building it again for every request
+# cost more than the query itself on a small index.  Values reach SQL only as bound
+# parameters, from ``_Cond.values``: a cached statement holds no value a request sent.
+
+
+@dataclass(frozen=True, slots=True)
+class _Cond:
+    """A condition before it is SQL: ``shape`` names the SQL, ``values`` fills it in.
+
+    Leaves: ``("eq" | "ge" | "le" | "glob" | "like" | "in", column)`` with one value (a
+    tuple for ``"in"``); ``("true",)``; combinations ``("and" | "or", shapes)``; and
+    ``("exists", link, parent, shape)``, a correlated EXISTS on a lower level's table.
+    The values are listed in the order of the leaves, depth first.
+    """
+
+    shape: tuple[Any, ...]
+    values: tuple[Any, ...] = ()
+
+
+def _name(column: Any) -> str:
+    return f"{column.table.name}.{column.name}"
+
+
+def _leaf(op: str, column: Any, value: Any) -> _Cond:
+    return _Cond((op, _name(column)), (value,))
+
+
+def _combine(op: str, conds: list[_Cond]) -> _Cond:
+    if len(conds) == 1:
+        return conds[0]
+    return _Cond((op, tuple(c.shape for c in conds)), tuple(v for c in conds for v in c.values))
+
+
+def _any(conds: list[_Cond]) -> _Cond:
+    return _combine("or", conds)
+
+
+def _all(conds: list[_Cond]) -> _Cond:
+    return _combine("and", conds)
+
+
+_TRUE = _Cond(("true",))
+
+
+def _exists(link: Any, parent: Any, inner: _Cond) -> _Cond:
+    """EXISTS a row of ``link``'s table that belongs to ``parent`` and matches ``inner``."""
+    return _Cond(("exists", _name(link), _name(parent), inner.shape), inner.values)
+
+
 # -- matching (PS3.4 C.2.2.2) --------------------------------------------------------------
 
 
@@ -174,7 +241,7 @@ def _has_wildcard(value: str) -> bool:
     return "*" in value or "?" in value
 
 
-def _wildcard(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
+def _wildcard(column: Any, pattern: str, dialect: str) -> _Cond:
     """Wildcard matching (PS3.4 C.2.2.2.4): ``*`` any run, ``?`` one character.
 
     Every other character is literal, ``%`` and ``_`` included.  SQLite's LIKE ignores
@@ -182,24 +249,22 @@ def _wildcard(column: Any, pattern: str, dialect: str) -> ColumnElement[bool]:
     and wildcard matching are case-sensitive except for PN (PS3.4 C.2.2.2.1).
     """
     if dialect == "sqlite":
-        glob = "".join(f"[{c}]" if c == "[" else c for c in pattern)
-        return column.op("GLOB")(glob)
+        return _leaf("glob", column, "".join(f"[{c}]" if c == "[" else c for c in pattern))
     escaped = pattern.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return column.like(escaped.replace("*", "%").replace("?", "_"), escape="\\")
+    return _leaf("like", column, escaped.replace("*", "%").replace("?", "_"))
 
 
-def _any(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
-    return conditions[0] if len(conditions) == 1 else or_(*conditions)
-
-
-def _match_text(column: Any, value: str, dialect: str) -> ColumnElement[bool]:
+def _match_text(column: Any, value: str, dialect: str) -> _Cond:
     """Single value or wildcard matching of a string (PS3.4 C.2.2.2.1, C.2.2.2.4)."""
     return _any(
-        [_wildcard(column, v, dialect) if _has_wildcard(v) else column == v for v in _values(value)]
+        [
+            _wildcard(column, v, dialect) if _has_wildcard(v) else _leaf("eq", column, v)
+            for v in _values(value)
+        ]
     )
 
 
-def _match_uid(column: Any, value: str, name: str) -> ColumnElement[bool]:
+def _match_uid(column: Any, value: str, name: str) -> _Cond:
     """Single value or list of UID matching (PS3.4 C.2.2.2.2); wildcards are not
     allowed in UIDs, so a malformed UID is an error rather than a silent non-match."""
     uids = [v for v in _values(value) if v]
@@ -209,12 +274,10 @@ def _match_uid(column: Any, value: str, name: str) -> ColumnElement[bool]:
                 f"{name}: {uid[:80]!r} is not a valid UID (PS3.5 9.1: at most 64 "
                 "characters, digits in dot-separated components)"
             )
-    return column == uids[0] if len(uids) == 1 else column.in_(uids)
+    return _leaf("eq", column, uids[0]) if len(uids) == 1 else _leaf("in", column, tuple(uids))
 
 
-def _match_name(
-    key_column: Any, words_column: Any, value: str, fuzzy: bool, dialect: str
-) -> ColumnElement[bool]:
+def _match_name(key_column: Any, words_column: Any, value: str, fuzzy: bool, dialect: str) -> _Cond:
     """PN matching, case-insensitive on the normalised key (PS3.4 C.2.2.2.1).
 
     With fuzzy matching (PS3.18 8.3.4.1 ``fuzzymatching=true``) every word of the value
@@ -226,9 +289,9 @@ def _match_name(
         if fuzzy:
             words = name_words(v).split()
             conditions.append(
-                and_(*[_wildcard(words_column, f"* {w}*", dialect) for w in words])
+                _all([_wildcard(words_column, f"* {w}*", dialect) for w in words])
                 if words
-                else literal(True)
+                else _TRUE
             )
         else:
             normalised = name_key(v)
@@ -238,7 +301,7 @@ def _match_name(
             conditions.append(
                 _wildcard(key_column, normalised, dialect)
                 if _has_wildcard(normalised)
-                else key_column == normalised
+                else _leaf("eq", key_column, normalised)
             )
     return _any(conditions)
 
@@ -255,23 +318,8 @@ def _parse_da(text: str, name: str) -> dt.date:
         ) from None
 
 
-def _match_date(column: Any, value: str, name: str) -> ColumnElement[bool]:
-    """Single value and range matching of dates (PS3.4 C.2.2.2.1, C.2.2.2.5)."""
-    conditions = []
-    for v in _values(value):
-        if "-" not in v:
-            conditions.append(column == _parse_da(v, name))
-            continue
-        low, _, high = v.partition("-")
-        if not low and not high:
-            raise InvalidQuery(f"{name}: a range needs at least one date, got {v!r}")
-        parts = []
-        if low:
-            parts.append(column >= _parse_da(low, name))
-        if high:
-            parts.append(column <= _parse_da(high, name))
-        conditions.append(and_(*parts))
-    return _any(conditions)
+def _date(text: str, name: str, upper: bool) -> dt.date:
+    return _parse_da(text, name)
 
 
 def _time(text: str, name: str, upper: bool) -> str:
@@ -286,33 +334,40 @@ def _time(text: str, name: str, upper: bool) -> str:
     return normalised
 
 
-def _match_time(column: Any, value: str, name: str) -> ColumnElement[bool]:
-    """Single value and range matching of times on ``HHMMSS.FFFFFF`` text (PS3.4 C.2.2.2.5)."""
+def _match_range(
+    column: Any, value: str, name: str, parse: Callable[[str, str, bool], Any]
+) -> _Cond:
+    """Single value and range matching (PS3.4 C.2.2.2.1, C.2.2.2.5) of dates or times,
+    ``parse(text, name, upper)`` giving the column's value for a bound."""
     conditions = []
     for v in _values(value):
         if "-" not in v:
-            conditions.append(column == _time(v, name, upper=False))
+            conditions.append(_leaf("eq", column, parse(v, name, False)))
             continue
         low, _, high = v.partition("-")
         if not low and not high:
-            raise InvalidQuery(f"{name}: a range needs at least one time, got {v!r}")
+            raise InvalidQuery(f"{name}: a range needs at least one bound, got {v!r}")
         parts = []
         if low:
-            parts.append(column >= _time(low, name, upper=False))
+            parts.append(_leaf("ge", column, parse(low, name, False)))
         if high:
-            parts.append(column <= _time(high, name, upper=True))
-        conditions.append(and_(*parts))
+            parts.append(_leaf("le", column, parse(high, name, True)))
+        conditions.append(_all(parts))
     return _any(conditions)
 
 
-def _match_int(column: Any, value: str, name: str) -> ColumnElement[bool]:
+def _match_int(column: Any, value: str, name: str) -> _Cond:
     numbers = []
     for v in _values(value):
         try:
             numbers.append(int(v))
         except ValueError:
             raise InvalidQuery(f"{name}: {v!r} is not an integer (PS3.5 6.2 IS)") from None
-    return column == numbers[0] if len(numbers) == 1 else column.in_(numbers)
+    return (
+        _leaf("eq", column, numbers[0])
+        if len(numbers) == 1
+        else _leaf("in", column, tuple(numbers))
+    )
 
 
 # How each indexed key matches: (table, kind, columns).  The table is the level whose
@@ -358,18 +413,25 @@ _MATCHERS: dict[str, tuple[str, str, tuple[Any, ...]]] = {
 _TABLE_LEVEL = {"patient": 0, "study": 1, "series": 2, "instance": 3}
 
 
+_TABLES = tuple(_TABLE_LEVEL)
+
+
 @dataclass
 class _Plan:
     """Conditions per table, plus the keys the answer must carry."""
 
-    conditions: dict[str, list[ColumnElement[bool]]] = field(
-        default_factory=lambda: {"patient": [], "study": [], "series": [], "instance": []}
+    conditions: dict[str, list[_Cond]] = field(
+        default_factory=lambda: {name: [] for name in _TABLES}
     )
-    extra: list[ColumnElement[bool]] = field(default_factory=list)  # study aggregates
+    extra: list[_Cond] = field(default_factory=list)  # study aggregates
     keys: list[str] = field(default_factory=list)  # JSON keys to return
     scoped_study: bool = False
     scoped_series: bool = False
     selective: bool = False  # a lower level's UID is among the keys
+
+    def ordered(self) -> list[_Cond]:
+        """Every condition, in the order :func:`_statement` binds their values."""
+        return [*(c for name in _TABLES for c in self.conditions[name]), *self.extra]
 
 
 def _plan(query: Query, dialect: str) -> _Plan:
@@ -414,16 +476,12 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
         # A study matches when any of its series has one of the modalities (PS3.4
         # C.6.1.1.3.1); its own EXISTS, independent of other series keys.
         plan.extra.append(
-            exists()
-            .where(_MIS.c.study_pk == ST.c.id)
-            .where(_match_text(_MIS.c.modality, value, dialect))
+            _exists(_MIS.c.study_pk, ST.c.id, _match_text(_MIS.c.modality, value, dialect))
         )
         return
     if keyword == "SOPClassesInStudy":
         plan.extra.append(
-            exists()
-            .where(_SIC.c.study_pk == ST.c.id)
-            .where(_match_uid(_SIC.c.sop_class_uid, value, keyword))
+            _exists(_SIC.c.study_pk, ST.c.id, _match_uid(_SIC.c.sop_class_uid, value, keyword))
         )
         return
     matcher = _MATCHERS.get(keyword)
@@ -442,9 +500,9 @@ def _add_condition(plan: _Plan, query: Query, keyword: str, value: str, dialect:
             plan.scoped_study |= table == "study"
             plan.scoped_series |= table == "series"
     elif kind == "date":
-        condition = _match_date(column, value, keyword)
+        condition = _match_range(column, value, keyword, _date)
     elif kind == "time":
-        condition = _match_time(column, value, keyword)
+        condition = _match_range(column, value, keyword, _time)
     elif kind == "int":
         condition = _match_int(column, value, keyword)
     else:
@@ -539,29 +597,113 @@ class _Shape:
     representative: bool
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """Everything the SELECT depends on except the values it binds: the key of the
+    statement cache (:func:`_statement`)."""
+
+    level: Level
+    conditions: tuple[tuple[tuple[Any, ...], ...], ...]  # shapes, per table of _TABLES
+    extra: tuple[tuple[Any, ...], ...]
+    keys: tuple[str, ...]
+    all_keys: bool
+    scoped_study: bool
+    scoped_series: bool
+    selective: bool
+    limited: bool
+
+
+#: Columns by the name a condition's shape gives them (``"mis.modality"``).
+_COLUMNS = {_name(c): c for t in (P, ST, SE, I, _MIS, _SIC) for c in t.c}
+
+
+def _sql(shape: tuple[Any, ...], names: Iterator[str]) -> ColumnElement[bool]:
+    """The SQL of a condition's shape, its values as bind parameters named by ``names``."""
+    op = shape[0]
+    if op == "true":
+        return true()
+    if op in ("and", "or"):
+        parts = [_sql(s, names) for s in shape[1]]
+        return and_(*parts) if op == "and" else or_(*parts)
+    if op == "exists":
+        link, parent = _COLUMNS[shape[1]], _COLUMNS[shape[2]]
+        return exists().where(link == parent).where(_sql(shape[3], names))
+    column = _COLUMNS[shape[1]]
+    value = bindparam(next(names), type_=column.type, expanding=op == "in")
+    if op == "eq":
+        return column == value
+    if op == "ge":
+        return column >= value
+    if op == "le":
+        return column <= value
+    if op == "in":
+        return column.in_(value)
+    if op == "glob":
+        return column.op("GLOB")(value)
+    return column.like(value, escape="\\")
+
+
 def build(
     query: Query, dialect: str = "postgresql"
-) -> tuple[Select[Any], Callable[[Any], dict[str, Any]]]:
-    """The SELECT answering ``query`` and the function turning each row into DICOM JSON.
+) -> tuple[Select[Any], dict[str, Any], Callable[[Any], dict[str, Any]]]:
+    """The SELECT answering ``query``, the values to run it with, and the function
+    turning each row into DICOM JSON.
 
     Pure: nothing runs here, so the statement can be inspected or run on any backend.
-    Raises :class:`InvalidQuery` for a malformed key, value, limit or offset.
+    The SELECT is shared by every query of the same shape (:class:`_Spec`).  Raises
+    :class:`InvalidQuery` for a malformed key, value, limit or offset.
     """
     if query.limit is not None and query.limit < 0:
         raise InvalidQuery(f"limit: must not be negative, got {query.limit}")
     if query.offset < 0:
         raise InvalidQuery(f"offset: must not be negative, got {query.offset}")
     level = query.level
-    depth = _ORDER.index(level)
     plan = _plan(query, dialect)
     all_keys = any(k.strip().lower() == "all" for k in query.return_keys)
     keys = list(plan.keys)
     for key in query.return_keys:
         if key.strip().lower() != "all" and key.strip():
             keys.append(resolve_key(key)[0])
-    keys = [k for k in dict.fromkeys(keys) if not _is_lower(k, level)]
-    upper = (level is Level.SERIES and not plan.scoped_study) or (
-        level is Level.IMAGE and not (plan.scoped_study and plan.scoped_series)
+    spec = _Spec(
+        level=level,
+        conditions=tuple(tuple(c.shape for c in plan.conditions[n]) for n in _TABLES),
+        extra=tuple(c.shape for c in plan.extra),
+        keys=tuple(k for k in dict.fromkeys(keys) if not _is_lower(k, level)),
+        all_keys=all_keys,
+        scoped_study=plan.scoped_study,
+        scoped_series=plan.scoped_series,
+        selective=plan.selective,
+        limited=query.limit is not None,
+    )
+    stmt, shape = _statement(spec)
+    values = [v for c in plan.ordered() for v in c.values]
+    params = {f"v{n}": v for n, v in enumerate(values)}
+    params["offset"] = query.offset
+    if query.limit is not None:
+        params["limit"] = query.limit
+    return stmt, params, lambda row: _to_json(row, shape)
+
+
+@functools.lru_cache(maxsize=512)
+def _statement(spec: _Spec) -> tuple[Select[Any], _Shape]:
+    """The SELECT of every query shaped as ``spec``, its values left as bind parameters
+    ``v0``, ``v1``... in the order of :meth:`_Plan.ordered`; ``offset`` and ``limit``.
+
+    Cached: building it took longer (0.1 ms and SQLAlchemy's cache key of a new statement
+    0.03 ms more) than running it on a small index, and a statement object run again
+    skips both.  The cache is bounded, as a client can send any number of shapes.
+    """
+    level = spec.level
+    depth = _ORDER.index(level)
+    names = (f"v{n}" for n in itertools.count())
+    where = {
+        n: [_sql(s, names) for s in shapes]
+        for n, shapes in zip(_TABLES, spec.conditions, strict=True)
+    }
+    extra = [_sql(s, names) for s in spec.extra]
+    keys = spec.keys
+    upper = (level is Level.SERIES and not spec.scoped_study) or (
+        level is Level.IMAGE and not (spec.scoped_study and spec.scoped_series)
     )
     known = set(_OWN_KEYS[level])
     if level in (Level.SERIES, Level.IMAGE):
@@ -621,7 +763,7 @@ def build(
         order = [ST.c.id, SE.c.id, I.c.id]
     need_upper = upper or any(k in known - _OWN_KEYS[level] for k in keys)
     if level in (Level.SERIES, Level.IMAGE):
-        if need_upper or plan.conditions["patient"]:
+        if need_upper or where["patient"]:
             stmt = stmt.join(P, ST.c.patient_pk == P.c.id)
         if need_upper:
             stmt = stmt.add_columns(
@@ -635,13 +777,13 @@ def build(
             stmt = stmt.add_columns(
                 SE.c.attributes.label("series_json"), SE.c.num_instances.label("series_instances")
             )
-    for name, conditions in plan.conditions.items():
+    for name, conditions in where.items():
         if _TABLE_LEVEL[name] <= depth:
             stmt = stmt.where(*conditions)
-    stmt = stmt.where(*_below(depth, plan.conditions, plan.selective), *plan.extra)
-    stmt = stmt.order_by(*order).offset(query.offset or None)
-    if query.limit is not None:
-        stmt = stmt.limit(query.limit)
+    stmt = stmt.where(*_below(depth, where, spec.selective), *extra)
+    stmt = stmt.order_by(*order).offset(bindparam("offset", type_=Integer))
+    if spec.limited:
+        stmt = stmt.limit(bindparam("limit", type_=Integer))
     if representative:
         # Page first, then look the representative up for the page's rows only:
         # PostgreSQL would otherwise evaluate it for every row skipped by OFFSET.
@@ -650,8 +792,7 @@ def build(
         keys_in_page = [page.c[f"o{n}"] for n in range(len(order))]
         stmt = select(page, _representative(level, keys_in_page[-1]).label("representative"))
         stmt = stmt.order_by(*keys_in_page)
-    shape = _Shape(level, upper, tuple(keys), all_keys, representative)
-    return stmt, lambda row: _to_json(row, shape)
+    return stmt, _Shape(level, upper, keys, spec.all_keys, representative)
 
 
 def _is_lower(json_key: str, level: Level) -> bool:
@@ -665,26 +806,24 @@ def _is_lower(json_key: str, level: Level) -> bool:
     )
 
 
-def search(session: Session, query: Query) -> list[dict[str, Any]]:
+def search(connection: Connection, query: Query) -> list[dict[str, Any]]:
     """Run ``query`` and return one DICOM JSON dict per match, in a stable order.
 
     The order is by primary keys, from the top of the hierarchy down (study, series,
     instance), so paging with ``offset`` and ``limit`` walks
     the matches once each (PS3.18 8.3.4.4.1: search requests are idempotent).
     """
-    return list(iter_search(session, query, batch=None))
+    return list(iter_search(connection, query, batch=None))
 
 
 def iter_search(
-    session: Session, query: Query, batch: int | None = 200
+    connection: Connection, query: Query, batch: int | None = 200
 ) -> Iterator[dict[str, Any]]:
     """As :func:`search`, one match at a time, the rows fetched ``batch`` at a time
     (a server-side cursor on PostgreSQL): for a C-FIND, which has no paging."""
-    dialect = session.get_bind().dialect.name
-    stmt, to_json = build(query, dialect)
-    if batch:
-        stmt = stmt.execution_options(yield_per=batch)
-    for row in session.execute(stmt):
+    stmt, params, to_json = build(query, connection.dialect.name)
+    options = {"yield_per": batch} if batch else {}
+    for row in connection.execute(stmt, params, execution_options=options):
         yield to_json(row)
 
 
