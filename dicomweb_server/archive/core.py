@@ -156,14 +156,14 @@ class Archive:
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> list[StoredInstance]:
         """The stored instances of a study, series or instance; :class:`NotFound` if none."""
-        with _index_reachable(), self.reader() as session:
-            return retrieve.find_instances(session, study_uid, series_uid, sop_uid)
+        with _index_reachable(), self.reader_engine.connect() as connection:
+            return retrieve.find_instances(connection, study_uid, series_uid, sop_uid)
 
     def metadata(
         self, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
     ) -> Iterator[str]:
         """Stored DICOM JSON text per instance (BulkDataURIs under ``dicomjson.BASE``)."""
-        return retrieve.iter_metadata(self.reader, study_uid, series_uid, sop_uid)
+        return retrieve.iter_metadata(self.reader_engine, study_uid, series_uid, sop_uid)
 
     def open(self, instance: StoredInstance) -> BinaryIO:
         """The stored file, as received."""

@@ -6,12 +6,14 @@ in it, so that serving streams bytes without parsing DICOM.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Select, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection, Engine, Result, Select, bindparam, select
+from sqlalchemy.orm import Session
 
 from .errors import NotFound
 from .frames import PixelLayout
@@ -49,19 +51,57 @@ def _layout(text: str | None) -> PixelLayout | None:
     )
 
 
-def _scoped(
-    statement: Select, study_uid: str, series_uid: str | None, sop_uid: str | None
-) -> Select:
-    statement = statement.join(Series, Series.id == Instance.series_pk).join(
-        Study, Study.id == Instance.study_pk
+#: What each kind of lookup selects: a :class:`StoredInstance`, or the metadata JSON.
+_COLUMNS = {
+    "stored": (
+        Study.study_uid,
+        Series.series_uid,
+        Instance.sop_uid,
+        Instance.sop_class_uid,
+        Instance.transfer_syntax_uid,
+        Instance.storage_key,
+        Instance.size,
+        Instance.sha256,
+        Instance.number_of_frames,
+        Instance.pixel_layout,
+        Instance.bulk_ranges,
+    ),
+    "metadata": (Instance.metadata_json,),
+}
+
+
+@functools.cache
+def _scoped(what: str, series: bool, sop: bool) -> Select[Any]:
+    """The SELECT of ``what`` for the instances of a study, a series or one instance,
+    its UIDs bound at execution (``study``, ``series``, ``sop``): built once for each of
+    the few shapes, as building it took longer than running it."""
+    statement = (
+        select(*_COLUMNS[what])
+        .join(Series, Series.id == Instance.series_pk)
+        .join(Study, Study.id == Instance.study_pk)
+        .where(Study.study_uid == bindparam("study"))
     )
-    statement = statement.where(Study.study_uid == study_uid)
-    if series_uid is not None:
-        statement = statement.where(Series.series_uid == series_uid)
-    if sop_uid is not None:
-        statement = statement.where(Instance.sop_uid == sop_uid)
+    if series:
+        statement = statement.where(Series.series_uid == bindparam("series"))
+    if sop:
+        statement = statement.where(Instance.sop_uid == bindparam("sop"))
     return statement.order_by(
         Series.series_number, Series.id, Instance.instance_number, Instance.id
+    )
+
+
+def _execute(
+    connection: Connection | Session,
+    what: str,
+    study_uid: str,
+    series_uid: str | None,
+    sop_uid: str | None,
+    **options: Any,
+) -> Result[Any]:
+    statement = _scoped(what, series_uid is not None, sop_uid is not None)
+    values = {"study": study_uid, "series": series_uid, "sop": sop_uid}
+    return connection.execute(
+        statement, {k: v for k, v in values.items() if v is not None}, execution_options=options
     )
 
 
@@ -74,30 +114,15 @@ def _describe(study_uid: str, series_uid: str | None, sop_uid: str | None) -> st
 
 
 def find_instances(
-    session: Session, study_uid: str, series_uid: str | None = None, sop_uid: str | None = None
+    connection: Connection | Session,
+    study_uid: str,
+    series_uid: str | None = None,
+    sop_uid: str | None = None,
 ) -> list[StoredInstance]:
     """Instances of a study, series or single instance, in series and instance order.
 
     Raises :class:`NotFound` when there are none.
     """
-    statement = _scoped(
-        select(
-            Study.study_uid,
-            Series.series_uid,
-            Instance.sop_uid,
-            Instance.sop_class_uid,
-            Instance.transfer_syntax_uid,
-            Instance.storage_key,
-            Instance.size,
-            Instance.sha256,
-            Instance.number_of_frames,
-            Instance.pixel_layout,
-            Instance.bulk_ranges,
-        ),
-        study_uid,
-        series_uid,
-        sop_uid,
-    )
     found = [
         StoredInstance(
             study_uid=row.study_uid,
@@ -112,7 +137,7 @@ def find_instances(
             pixels=_layout(row.pixel_layout),
             bulk={k: (v[0], v[1]) for k, v in json.loads(row.bulk_ranges or "{}").items()},
         )
-        for row in session.execute(statement)
+        for row in _execute(connection, "stored", study_uid, series_uid, sop_uid)
     ]
     if not found:
         raise NotFound(f"no {_describe(study_uid, series_uid, sop_uid)} is stored")
@@ -120,7 +145,7 @@ def find_instances(
 
 
 def iter_metadata(
-    sessions: sessionmaker[Session],
+    engine: Engine,
     study_uid: str,
     series_uid: str | None = None,
     sop_uid: str | None = None,
@@ -131,16 +156,17 @@ def iter_metadata(
     Raises :class:`NotFound` at once (before the first ``next``) when nothing matches, so
     a caller can still choose its status code; afterwards memory holds one batch.
     """
-    statement = _scoped(select(Instance.metadata_json), study_uid, series_uid, sop_uid)
-    session = sessions()
+    connection = engine.connect()
     try:
-        result = session.execute(statement.execution_options(yield_per=batch)).scalars()
+        result = _execute(
+            connection, "metadata", study_uid, series_uid, sop_uid, yield_per=batch
+        ).scalars()
         first = next(result, None)
     except BaseException:
-        session.close()
+        connection.close()
         raise
     if first is None:
-        session.close()
+        connection.close()
         raise NotFound(f"no {_describe(study_uid, series_uid, sop_uid)} is stored")
 
     def rest() -> Iterator[str]:
@@ -148,6 +174,6 @@ def iter_metadata(
             yield first
             yield from result
         finally:
-            session.close()
+            connection.close()
 
     return rest()
