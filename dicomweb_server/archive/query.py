@@ -684,7 +684,7 @@ def build(
     return stmt, params, lambda row: _to_json(row, shape)
 
 
-@functools.lru_cache(maxsize=512)
+@functools.lru_cache(maxsize=128)
 def _statement(spec: _Spec) -> tuple[Select[Any], _Shape]:
     """The SELECT of every query shaped as ``spec``, its values left as bind parameters
     ``v0``, ``v1``... in the order of :meth:`_Plan.ordered`; ``offset`` and ``limit``.
