@@ -42,6 +42,7 @@ from dicomweb_server.config import DuplicatePolicy, Settings
 
 from .dimse_fixtures import (
     QR_CLASSES,
+    UNCOMPRESSED,
     StorageSCP,
     associate,
     require_search,
@@ -496,6 +497,81 @@ def test_find_streams_many_matches_in_order(
     assert sorted(uids) == sorted(ds.StudyInstanceUID for ds in instances)
     listed = archive.search(Query(level=Level.STUDY, filters={"PatientID": "MANY"}))
     assert uids == [m["0020000D"]["Value"][0] for m in listed]
+
+
+def _context_id(assoc: Any, model: str) -> int:
+    return next(c.context_id for c in assoc.accepted_contexts if c.abstract_syntax == model)
+
+
+def test_find_cancel_ends_matching(dimse_server: dimse_scp.ServerHandle, archive: Archive) -> None:
+    """A C-CANCEL-FIND-RQ (PS3.7) during a C-FIND: the SCP stops sending matches and ends
+    with Cancel, FE00 "Matching terminated due to Cancel request" (PS3.4 Table C.4-1)."""
+    require_search(archive)
+    from dicomweb_server.archive import Prepared
+
+    count = 1000
+    instances = [make_instance(PatientID="CANCELME", rows=8, columns=8) for _ in range(count)]
+    ready = [archive.prepare(io.BytesIO(to_bytes(ds)), Origin("IMPORT")) for ds in instances]
+    archive.index([r for r in ready if isinstance(r, Prepared)])
+    model = StudyRootQueryRetrieveInformationModelFind
+    query = _identifier("STUDY", PatientID="CANCELME", StudyInstanceUID="")
+    assoc = associate(dimse_server.port, QR_CLASSES)
+    statuses = []
+    try:
+        for status, _ in assoc.send_c_find(query, model, msg_id=7):
+            statuses.append(status.Status)
+            if len(statuses) == 1:
+                assoc.send_c_cancel(7, _context_id(assoc, model))
+        # The association is still usable afterwards.
+        assert [s.Status for s, _ in assoc.send_c_find(query, model, msg_id=8)][-1] == 0
+    finally:
+        assoc.release()
+    assert statuses[-1] == 0xFE00
+    assert set(statuses[:-1]) == {0xFF00}
+    assert len(statuses) - 1 < count
+
+
+def test_get_cancel_ends_sub_operations(
+    dimse_server: dimse_scp.ServerHandle, archive: Archive
+) -> None:
+    """A C-CANCEL-GET-RQ (PS3.7) during a C-GET: no further C-STORE sub-operations; the
+    final response is Cancel, FE00 "Sub-operations terminated due to Cancel Indication",
+    with the sub-operation counts, the remaining ones among them (PS3.4 Table C.4-3)."""
+    require_search(archive)
+    count = 40
+    series = make_series(count, rows=8, columns=8)
+    assert [s.Status for s in _store(dimse_server.port, series)] == [0] * count
+    model = StudyRootQueryRetrieveInformationModelGet
+    received: list[str] = []
+
+    def on_store(event: evt.Event) -> int:
+        received.append(event.request.AffectedSOPInstanceUID)
+        time.sleep(0.02)  # a slow storage SCP: the C-CANCEL arrives mid-transfer
+        return 0x0000
+
+    assoc = associate(
+        dimse_server.port,
+        QR_CLASSES,
+        storage_roles=[(CTImageStorage, UNCOMPRESSED)],
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+    )
+    query = _identifier("STUDY", StudyInstanceUID=series[0].StudyInstanceUID)
+    responses = []
+    try:
+        for status, identifier in assoc.send_c_get(query, model, msg_id=9):
+            responses.append((status, identifier))
+            if len(responses) == 1:
+                assoc.send_c_cancel(9, _context_id(assoc, model))
+    finally:
+        assoc.release()
+    final = responses[-1][0]
+    assert final.Status == 0xFE00
+    assert [s.Status for s, _ in responses[:-1]] == [0xFF00] * (len(responses) - 1)
+    done = final.NumberOfCompletedSuboperations
+    assert 1 <= done < count and done == len(received)
+    assert final.NumberOfRemainingSuboperations == count - done - final.get(
+        "NumberOfFailedSuboperations", 0
+    ) - final.get("NumberOfWarningSuboperations", 0)
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian])
