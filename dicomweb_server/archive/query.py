@@ -649,8 +649,9 @@ def build(
     """The SELECT answering ``query``, the values to run it with, and the function
     turning each row into DICOM JSON.
 
-    Pure: nothing runs here, so the statement can be inspected or run on any backend.
-    The SELECT is shared by every query of the same shape (:class:`_Spec`).  Raises
+    Nothing touches a database here, so the statement can be inspected or run on any
+    backend.  The SELECT is shared by every query of the same shape (:class:`_Spec`),
+    and built on the first of them.  Raises
     :class:`InvalidQuery` for a malformed key, value, limit or offset.
     """
     if query.limit is not None and query.limit < 0:
